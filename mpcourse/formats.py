@@ -1,0 +1,1 @@
+"""placeholder: the formats helper writes this module."""
