@@ -169,7 +169,7 @@ def _local_links(text: str, *, from_notebooks: bool) -> str:
     """Point links at .ipynb/.md sources to the pages built from them."""
     def fix(m: re.Match[str]) -> str:
         target = m.group(2)
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#") or "students/" in target:
             return m.group(0)
         path, _, anchor = target.partition("#")
         name = path.rsplit("/", 1)[-1]

@@ -1,0 +1,133 @@
+"""The course site builds without network, and its pages load nothing from off the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpcourse import course, site
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).resolve().parent / "data" / "mini_course"
+
+# Anything a browser would fetch: script/img/iframe/link sources, CSS url() and JS imports.
+_FETCHED = re.compile(
+    r"""<(?:script|img|iframe|link|source|embed)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//"""
+    r"""|url\(\s*["']?(?:https?:)?//"""
+    r"""|\bimport\s*\(?\s*["'](?:https?:)?//""", re.I)
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every outgoing connection or name lookup in this process fail, and record it."""
+    attempts: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(repr(args[:2]))
+        raise OSError("network access is disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def _course_roots() -> list[Path]:
+    roots = [FIXTURE]
+    if (REPO / "notebooks").is_dir() and course.notebook_paths(REPO):
+        roots.append(REPO)
+    return roots
+
+
+@pytest.mark.parametrize("root", _course_roots(), ids=lambda p: p.name)
+def test_build_offline_every_notebook_page_has_plotly_figures(root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    attempts = _no_network(monkeypatch)
+    report = site.build(tmp_path / "site", root=root)
+    assert attempts == []
+    out = tmp_path / "site"
+    notebooks = course.notebook_paths(root)
+    assert notebooks
+    for path in notebooks:
+        page = (out / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
+        stored = sum(site.PLOTLY_MIME in o.get("data", {})
+                     for c in course.read(path).cells for o in c.get("outputs", []))
+        assert stored >= 1, f"{path.name} stores no plotly figure output"
+        assert page.count('class="plotly-graph-div"') == stored, path.name
+        assert f"students/{path.name}" in page
+        assert (out / "students" / path.name).is_file()
+    for html_file in out.rglob("*.html"):
+        text = html_file.read_text(encoding="utf-8")
+        assert not _FETCHED.findall(text), f"{html_file} loads something over the network"
+        assert "cdn.plot.ly" not in text and "unpkg.com" not in text and "cdnjs" not in text
+    assert (out / "assets" / "plotly.min.js").stat().st_size > 1_000_000
+    assert {"index.html", "syllabus.html", "exercises.html"} <= set(report.pages)
+    assert report.figures >= len(notebooks)
+
+
+def test_build_in_a_network_namespace_without_any_interface(tmp_path: Path):
+    """The one README command, run where the kernel gives the process no network at all."""
+    unshare = shutil.which("unshare")
+    if not unshare or subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rn (a private network namespace) is not permitted here")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [unshare, "-rn", sys.executable, "-c",
+         "import sys, socket\n"
+         "try:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
+         "except OSError:\n    pass\nelse:\n    sys.exit('network reachable: not a real test')\n"
+         "from mpcourse import site\nprint(site.build(sys.argv[1], root=sys.argv[2]))",
+         str(tmp_path / "site"), str(FIXTURE)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plotly figures" in result.stdout
+    assert (tmp_path / "site" / "notebooks" / "01_demo.html").is_file()
+
+
+def test_offline_notebook_replaces_plotly_and_widget_outputs():
+    nb = course.read(FIXTURE / "notebooks" / "01_demo.ipynb")
+    assert "widgets" in nb.metadata or any(
+        site.WIDGET_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    offline, figures, widgets = site.offline_notebook(nb)
+    assert (figures, widgets) == (2, 1)
+    assert "widgets" not in offline.metadata
+    outputs = [o for c in offline.cells for o in c.get("outputs", [])]
+    assert not any(site.PLOTLY_MIME in o.get("data", {}) for o in outputs)
+    assert not any(site.WIDGET_MIME in o.get("data", {}) for o in outputs)
+    htmls = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert sum(site.WIDGET_NOTE == h for h in htmls) == 1
+    divs = [h for h in htmls if "plotly-graph-div" in h]
+    assert len(divs) == 2 and all("Plotly.newPlot" in h for h in divs)
+    # the figure's data survives the conversion: the bar chart of 2**k
+    assert "Powers of two" in divs[1] and json.dumps([1, 2, 4, 8, 16]).replace(" ", "") in \
+        divs[1].replace(" ", "")
+    assert nb.cells[3].outputs != offline.cells[3].outputs     # the input was not modified
+
+
+def test_local_links_point_at_built_pages():
+    fix = site._local_links
+    page = '<a href="../notebooks/02_loss_scaling.ipynb#top">x</a><a href="syllabus.md">s</a>'
+    assert fix(page, from_notebooks=False) == (
+        '<a href="notebooks/02_loss_scaling.html#top">x</a><a href="syllabus.html">s</a>')
+    assert fix('<a href="03_performance.ipynb">n</a>', from_notebooks=True) == \
+        '<a href="03_performance.html">n</a>'
+    assert fix('<a href="https://example.org/a.ipynb">e</a>', from_notebooks=True) == \
+        '<a href="https://example.org/a.ipynb">e</a>'
+
+
+def test_site_main_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(course, "course_root", lambda start=None: FIXTURE)
+    assert site.site_main(["build", str(tmp_path / "s")]) == 0
+    assert "pages" in capsys.readouterr().out
+    assert (tmp_path / "s" / "index.html").is_file()
+    with pytest.raises(SystemExit):
+        site.site_main(["publish"])
