@@ -1,0 +1,3 @@
+"""Nothing under tests/data is a test: fixtures only (keeps `pytest --nbval tests` off them)."""
+
+collect_ignore_glob = ["*"]
