@@ -23,7 +23,8 @@ Rounding is round-to-nearest-even, done once from the float64 input (see ``round
 Overflow: fp32, fp16, bf16 and e5m2 give ``inf``. ``fp8_e4m3`` is ml_dtypes'
 ``float8_e4m3fn`` ("fn": finite + NaN) which has no inf: its bit pattern ``S.1111.111`` is
 NaN and ``S.1111.110`` = 448 is the largest value, so every ``|x| > 464`` (halfway to the
-missing next value 480) and every inf becomes NaN, as ml_dtypes casts do.
+missing next value 480) and every inf becomes NaN, as ml_dtypes casts do. (PyTorch's
+``tensor.to(torch.float8_e4m3fn)`` saturates instead: 500 and inf become 448.)
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ FORMATS: types.MappingProxyType = types.MappingProxyType({
                                  ("fp8_e5m2", ml_dtypes.float8_e5m2)]})
 
 _ALIASES = {
-    "fp32": "fp32", "float32": "fp32", "f32": "fp32", "single": "fp32", "float": "fp32",
+    "fp32": "fp32", "float32": "fp32", "f32": "fp32", "single": "fp32",
     "fp16": "fp16", "float16": "fp16", "f16": "fp16", "half": "fp16",
     "bf16": "bf16", "bfloat16": "bf16",
     "fp8_e4m3": "fp8_e4m3", "e4m3": "fp8_e4m3", "e4m3fn": "fp8_e4m3", "fp8e4m3": "fp8_e4m3",
@@ -199,7 +200,8 @@ def round_to(x: Any, fmt: str | FloatFormat) -> np.ndarray:
 
     Round-to-nearest-even, once, from the exact float64 input. Overflow gives ``inf`` (or NaN
     for fp8_e4m3, which has no inf: any ``|x| > 464`` or inf becomes NaN). Values below half
-    the smallest subnormal become (signed) zero.
+    the smallest subnormal become (signed) zero. ml_dtypes and torch cast float64 through
+    float32 (two roundings); for float32 input the results are identical to theirs.
     """
     return cast(x, fmt).astype(np.float64)
 
@@ -349,6 +351,7 @@ def representable_values(fmt: str | FloatFormat, lo: float = -math.inf, hi: floa
     lo, hi = float(_as_float64(lo)), float(_as_float64(hi))
     if lo > hi:
         raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
-    vals = np.arange(2 ** f.bits, dtype=np.int64).astype(_UINT[f.bits]).view(f.dtype)
-    vals = np.unique(vals.astype(np.float64)[np.isfinite(vals.astype(np.float64))])
+    with np.errstate(invalid="ignore"):  # the NaN patterns
+        vals = np.arange(2 ** f.bits).astype(_UINT[f.bits]).view(f.dtype).astype(np.float64)
+    vals = np.unique(vals[np.isfinite(vals)])
     return vals[(vals >= lo) & (vals <= hi)]
