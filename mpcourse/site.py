@@ -292,12 +292,14 @@ def build(out: str | os.PathLike[str] = "_site",
 
 
 def site_main(argv: Sequence[str] | None = None) -> int:
-    """``mpcourse site [build] [OUT]``: build the course site; prints where it is."""
+    """``mpcourse site [build] [OUT]``: build the course site into OUT (default ``_site``)."""
+    argv = list(argv or [])
+    if argv[:1] == ["build"]:
+        argv = argv[1:]
     parser = argparse.ArgumentParser(prog="mpcourse site",
                                      description="Build the offline course site.")
-    parser.add_argument("action", nargs="?", choices=["build"], default="build")
     parser.add_argument("out", nargs="?", default="_site", help="output folder (default _site)")
-    args = parser.parse_args(list(argv or []))
+    args = parser.parse_args(argv)
     try:
         report = build(args.out)
     except FileNotFoundError as exc:

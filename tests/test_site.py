@@ -129,5 +129,7 @@ def test_site_main_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixt
     assert site.site_main(["build", str(tmp_path / "s")]) == 0
     assert "pages" in capsys.readouterr().out
     assert (tmp_path / "s" / "index.html").is_file()
+    assert site.site_main([str(tmp_path / "t")]) == 0          # `mpcourse site OUT`
+    assert (tmp_path / "t" / "notebooks" / "01_demo.html").is_file()
     with pytest.raises(SystemExit):
-        site.site_main(["publish"])
+        site.site_main(["build", "a", "b"])
