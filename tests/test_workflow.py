@@ -21,7 +21,8 @@ def _pytest_command(text: str) -> str:
     """The pytest invocation in a shell script or workflow, whitespace-normalised."""
     m = re.search(r"python -m pytest[^\n]*(?:\n\s+--[^\n]*)*", text)
     assert m, "no `python -m pytest` command found"
-    return " ".join(m.group(0).split())
+    # nbval 0.11 still accepts the deprecated alias --sanitize-with.
+    return " ".join(m.group(0).split()).replace(" --sanitize-with ", " --nbval-sanitize-with ")
 
 
 def test_matrix_is_linux_and_macos_14_arm64():
