@@ -4,8 +4,8 @@ They need Debian's ``chromium`` (or ``MPCOURSE_CHROMIUM=/path/to/chrome``) and t
 package; Playwright never downloads a browser of its own here. Locally they skip with the reason
 when either is missing; with ``CI=true`` a missing browser is a failure, not a skip.
 
-Screenshots go to ``artifacts/`` at the repository root (git-ignored): browser-02.png after the
-widget trained, site-<notebook>.png for each page of the built site.
+Screenshots go to ``artifacts/`` at the repository root (git-ignored): browser-02.png (the panel)
+and browser-02-page.png (the window) after the widget trained, site-<notebook>.png for each page of the built site.
 """
 
 from __future__ import annotations
@@ -180,24 +180,25 @@ _ERRORS = """() => {
   return found;
 }"""
 
-# What the page shows of every plotly figure in an output area: each trace's data and the
-# rendered SVG paths of its lines and markers.
-_FIGURES = """(root) => Array.from(root.querySelectorAll('.js-plotly-plot')).map(el => JSON.stringify({
-  data: (el.data || []).map(t => ({x: t.x ? Array.from(t.x) : null,
-                                   y: t.y ? Array.from(t.y) : null})),
-  svg: Array.from(el.querySelectorAll('.scatterlayer path, .barlayer path'))
-            .map(p => p.getAttribute('d'))
-}))"""
+# The output area that holds the initial-scale slider, found afresh on every call (JupyterLab
+# may re-render outputs, so no element handle is kept), and what the page shows of each plotly
+# figure in it: every trace's data and the rendered SVG paths of its lines and markers.
+_PANEL = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output')).find(o =>
+  Array.from(o.querySelectorAll('.widget-slider .widget-label')).some(l => /init/i.test(l.textContent)))"""
+_FIGURES = f"""() => {{ const area = ({_PANEL})();
+  if (!area) return null;
+  return Array.from(area.querySelectorAll('.js-plotly-plot')).map(el => JSON.stringify({{
+    data: (el.data || []).map(t => ({{x: t.x ? Array.from(t.x) : null, y: t.y ? Array.from(t.y) : null}})),
+    svg: Array.from(el.querySelectorAll('.scatterlayer path, .barlayer path')).map(p => p.getAttribute('d'))
+  }})); }}"""
 
 
 def _widget_output(page: Any) -> Any:
-    """The output area that holds the initial-scale slider and the Train button."""
+    """The initial-scale slider of the loss-scaling panel (label matching "init")."""
     sliders = page.locator(".jp-OutputArea-output .widget-slider").filter(
         has=page.locator(".widget-label", has_text=re.compile(r"init", re.I)))
     sliders.first.wait_for(state="visible", timeout=60_000)
-    slider = sliders.first
-    area = slider.locator("xpath=ancestor::div[contains(@class,'jp-OutputArea-output')][1]")
-    return slider, area
+    return sliders.first
 
 
 def _move_slider(page: Any, slider: Any) -> tuple[str, str]:
@@ -221,6 +222,8 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
     base, name = lab
     external: list[str] = []
     page = _new_page(browser, external)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     start = time.monotonic()
     page.goto(f"{base}/lab/tree/notebooks/{name}", wait_until="domcontentloaded")
     page.wait_for_function(_KERNEL_IDLE, timeout=180_000, polling=500)
@@ -229,26 +232,30 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
     run_all_s = time.monotonic() - start
     assert page.evaluate(_ERRORS) == [], "a cell shows an error after Run All"
 
-    slider, area = _widget_output(page)
+    slider = _widget_output(page)
     slider.scroll_into_view_if_needed()
-    area.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
-    figures_before = page.evaluate(_FIGURES, area.element_handle())
-    assert figures_before, "the widget's output shows no plotly figure"
+    page.wait_for_function(f"() => {{ const f = ({_FIGURES})(); return f && f.length > 0; }}",
+                           timeout=60_000, polling=500)
+    figures_before = page.evaluate(_FIGURES)
+    page.evaluate(f"() => {{ window.__mpcBefore = JSON.stringify(({_FIGURES})()); }}")
 
     before, after = _move_slider(page, slider)
     assert after != before, f"dragging the initial-scale slider did not move it ({before})"
-    area.get_by_role("button", name=re.compile(r"train", re.I)).first.click()
+    panel = slider.locator("xpath=ancestor::div[contains(@class,'jp-OutputArea-output')][1]")
+    panel.get_by_role("button", name=re.compile(r"train", re.I)).first.click()
     try:
         page.wait_for_function(
-            f"(root) => {{ const f = ({_FIGURES})(root); return f.length && "
-            f"JSON.stringify(f) !== {json.dumps(json.dumps(figures_before))}; }}",
-            arg=area.element_handle(), timeout=180_000, polling=500)
+            f"() => {{ const f = ({_FIGURES})(); return !!f && f.length > 0 && "
+            "JSON.stringify(f) !== window.__mpcBefore; }", timeout=180_000, polling=500)
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
-        area.locator(".js-plotly-plot").last.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "browser-02.png"))
-    figures_after = page.evaluate(_FIGURES, area.element_handle())
+        page.wait_for_timeout(1000)      # let plotly finish drawing before the picture
+        panel.screenshot(path=str(ARTIFACTS / "browser-02.png"))
+        page.screenshot(path=str(ARTIFACTS / "browser-02-page.png"))
+    figures_after = page.evaluate(_FIGURES)
     assert figures_after != figures_before
+    assert any(json.loads(f)["svg"] for f in figures_after), "the new figure draws nothing"
+    assert page_errors == [], f"the page raised: {page_errors}"
     page.wait_for_function(_ALL_RUN, timeout=120_000, polling=1000)
     assert page.evaluate(_ERRORS) == [], "a cell shows an error after training from the widget"
     print(f"browser: {name} run-all {run_all_s:.1f} s; slider {before} -> {after}; "
