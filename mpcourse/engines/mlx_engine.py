@@ -41,8 +41,11 @@ Choices, all set by :class:`~mpcourse.TrainConfig`:
 The skip is a device-side ``where`` rather than a host ``if``: the whole step stays one lazy
 graph, evaluated once and compiled (``mx.compile``) as one function. ``compiled`` (default:
 on for zoo models with the default loss) switches between that and the plain Python path; both
-compute the same numbers (a test checks it). A compiled step traces ``loss_fn`` and the model
-once per input shape, so Python side effects in them run only while tracing.
+compute the same numbers (a test checks it). Default: compiled on a GPU for zoo models with the
+default loss; uncompiled on the CPU, where ``mx.compile`` first builds its fused kernels with a
+C++ compiler (seconds to a minute, cached under ``$TMPDIR/mlx``). A compiled step traces
+``loss_fn`` and the model once per input shape, so Python side effects in them run only while
+tracing.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class MLXEngine(Engine):
     """Training on MLX (Metal, CUDA or CPU); build it with :func:`mpcourse.make_engine`.
 
     Args mirror :class:`~mpcourse.engines.torch_engine.TorchEngine`; ``compile`` (keyword only)
-    chooses the ``mx.compile``-d step (default: on for zoo models with the default loss).
+    chooses the ``mx.compile``-d step (default: on a GPU for zoo models with the default loss).
     """
 
     backend = "mlx"
@@ -152,7 +155,12 @@ class MLXEngine(Engine):
         self.scaler = config.make_scaler()
         self._stale = True  # the model's copy lags the masters until .model is read
         mx.eval(self._master, self.optimizer.state, self._model.parameters())
-        self.compiled = zoo and loss_fn is None if compile is None else bool(compile)
+        # Compiled by default where it pays: on a GPU, for zoo models and the default loss. On
+        # the CPU, mx.compile builds its fused kernels with a C++ compiler on first use (tens of
+        # seconds per new graph; cached under $TMPDIR/mlx) for a modest per-step gain.
+        if compile is None:
+            compile = zoo and loss_fn is None and self.device == "gpu"
+        self.compiled = compile
 
     # --- construction -----------------------------------------------------------------------
     def _make_optimizer(self) -> optim.Optimizer:
