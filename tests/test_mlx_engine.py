@@ -61,9 +61,9 @@ def _mlx_ce(out, y):
 def test_digits_mlp_reaches_90_percent_and_half_precisions_track_fp32(digits):
     acc = {}
     for precision in ("fp32", "fp16", "bf16"):
-        eng = make_engine("mlx", "mlp", mpc.TrainConfig(precision=precision, lr=2e-3), device="cpu",
-                          data=digits, verbose=False)
-        hist = eng.fit(digits, epochs=6)
+        cfg = mpc.TrainConfig(precision=precision, lr=4e-3, batch_size=128)
+        eng = make_engine("mlx", "mlp", cfg, device="cpu", data=digits, verbose=False)
+        hist = eng.fit(digits, epochs=8)
         acc[precision] = eng.evaluate(digits)["accuracy"]
         assert hist.meta["backend"] == "mlx" and hist.meta["precision"] == precision
         assert np.isfinite(hist.losses).all()
