@@ -192,12 +192,21 @@ def _steps(h: History) -> np.ndarray:
     return h.column("step").astype(int)
 
 
-def _calibration(h: History) -> int:
-    """Steps at the start spent backing a dynamic scale off its too-high initial value."""
+def _calibration(h: History, window: int) -> int:
+    """Steps at the start spent backing a dynamic scale off its too-high initial value.
+
+    A run that starts by overflowing and backing off is calibrating until the first back-off
+    that is followed by ``window`` steps without another (the scale has found its level). A
+    scale that keeps backing off never settles: then only the leading run of overflows counts.
+    """
     found = h.column("found_inf").astype(bool)
-    k = int(np.argmin(found)) if not found.all() else len(found)
-    scales = h.scales
-    return k if 0 < k < len(found) and scales[k] < scales[0] else 0
+    back = np.diff(h.scales) < 0  # back[j]: step j overflowed and step j + 1 used a lower scale
+    if not found[0] or not back.any():
+        return 0
+    for i in range(1, len(found)):
+        if back[i - 1] and not back[i:i + window].any():
+            return i
+    return int(np.argmin(found)) if not found.all() else len(found)
 
 
 def _fmt_steps(steps: np.ndarray, most: int = 5) -> str:
@@ -261,7 +270,7 @@ def _nan_loss(h: History, t: Thresholds) -> Finding | None:
 def _scale_too_high(h: History, t: Thresholds) -> Finding | None:
     if h.meta.get("scaling") == "none":
         return None
-    k = _calibration(h)
+    k = _calibration(h, t.window)
     found = h.column("found_inf").astype(bool)[k:]
     if len(found) < t.min_steps:
         return None
