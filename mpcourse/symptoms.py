@@ -327,7 +327,8 @@ def _underflow_stall(h: History, ref: History | None, t: Thresholds) -> Finding 
         mine, theirs = _finite_median(g[ok]), _finite_median(ref.grad_norms)
         ratio = theirs / mine if mine > 0 else float("inf")
         if ratio >= t.underflow_grad_ratio:
-            signs.append(f"the median grad norm is {mine:.3g}, {ratio:.3g}x below the reference's {theirs:.3g}")
+            signs.append(f"the median grad norm is 0 against the reference's {theirs:.3g}" if mine == 0 else
+                         f"the median grad norm is {mine:.3g}, {ratio:.3g}x below the reference's {theirs:.3g}")
     if not signs:
         return None
     values = {"improvement": improvement, "zero_grad_fraction": zero_frac,

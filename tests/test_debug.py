@@ -382,3 +382,45 @@ def test_mlx_engine_dispatch() -> None:
     assert tab.title.startswith("gradients of loss x 65536") and len(tab) == 3
     h = eng.fit(DS, steps=25, progress=False)
     assert debug.diagnose(h) == []
+
+
+# --- figure and widget ---------------------------------------------------------------------
+def test_history_panels_figure(runs: dict[str, History]) -> None:
+    from mpcourse import plots
+
+    h = runs["lr"]
+    found = debug.diagnose(h)
+    fig = plots.history_panels(h, found, step=3)
+    names = {t.name: t for t in fig.data}
+    assert fig.layout.title.text and fig.layout.xaxis3.title.text == "optimizer step"
+    assert fig.layout.yaxis.title.text and fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type == "log"
+    bad = h.column("step")[~np.isfinite(h.losses)]
+    assert list(names["loss NaN/inf"].x) == list(bad)
+    assert list(names["finding: nan_loss"].x) == list(found[0].steps)
+    assert len(names["loss (finite)"].x) == int(np.isfinite(h.losses).sum())
+    fig = plots.history_panels(runs["scale"])
+    assert len(fig.data[[t.name for t in fig.data].index("overflow (step skipped)")].x) == 25
+    fig = plots.history_panels(runs["underflow"])
+    zero = int((runs["underflow"].grad_norms == 0).sum())
+    assert len(fig.data[[t.name for t in fig.data].index("grad norm exactly 0")].x) == zero
+
+
+def test_history_inspector(runs: dict[str, History]) -> None:
+    from mpcourse import widgets
+
+    insp = widgets.HistoryInspector({"fp32": runs["fp32"], "lr": runs["lr"], "scale": runs["scale"]},
+                                    reference="fp32")
+    assert insp.run.value == "fp32" and "no findings" in insp.findings.value
+    insp.run.value = "lr"
+    first_nan = int(np.argmax(~np.isfinite(runs["lr"].losses)))
+    assert insp.step.value == first_nan and "nan_loss" in insp.findings.value
+    assert "nan" in insp.record.value and insp.figure is not None
+    assert any(s.x0 == first_nan for s in insp.figure.layout.shapes)
+    insp.run.value = "scale"
+    insp.step.value = 7
+    assert "step 7 " in insp.record.value and "skipped" in insp.record.value
+    assert "3 runs" in repr(insp)
+    with pytest.raises(ValueError, match="reference"):
+        widgets.HistoryInspector({"a": runs["fp32"]}, reference="b")
+    with pytest.raises(TypeError):
+        widgets.HistoryInspector({"a": History()})
