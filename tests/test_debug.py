@@ -369,19 +369,36 @@ def test_mlx_underflow_fractions_on_known_gradients() -> None:
     assert tab.row("layers.0")["underflow"] == 0.5
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlx") is None
-                    or importlib.util.find_spec("mpcourse.engines.mlx_engine") is None,
-                    reason="the MLX engine is not installed here")
-def test_mlx_engine_dispatch() -> None:
-    eng = mpc.make_engine("mlx", "mlp", mpc.TrainConfig(precision="fp16"), device="cpu", data=DS,
+@needs_mlx
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer", "lstm"])
+def test_mlx_engine_detectors_on_the_zoo(name: str) -> None:
+    eng = mpc.make_engine("mlx", name, mpc.TrainConfig(precision="fp16"), device="cpu", data=DS,
                           verbose=False)
+    before = _mlx_state(eng.model)  # includes BatchNorm running statistics
     assert not debug.find_first_nonfinite(eng, X, Y).found
-    rep = debug.find_first_nonfinite(eng, X, Y, scale=2.0**28)
-    assert rep.backward is not None and rep.precision == "fp16" and rep.scale == 2.0**28
+    rep = debug.find_first_nonfinite(eng, X, Y, scale=2.0**30)
+    assert rep.backward is not None and rep.backward.layer == "(model)" and rep.precision == "fp16"
     tab = debug.underflow_fractions(eng, X, Y)
-    assert tab.title.startswith("gradients of loss x 65536") and len(tab) == 3
-    h = eng.fit(DS, steps=25, progress=False)
-    assert debug.diagnose(h) == []
+    assert tab.title.startswith("gradients of loss x 65536") and all(0 <= r["underflow"] <= 1 for r in tab)
+    assert len(debug.activation_ranges(eng, X)) >= 1
+    after = _mlx_state(eng.model)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@needs_mlx
+def test_mlx_engine_runs_diagnosed() -> None:
+    import mlx.nn as nn
+
+    def mlx_run(steps: int, loss_fn: object = None, **cfg: object) -> History:
+        eng = mpc.make_engine("mlx", "mlp", mpc.TrainConfig(batch_size=32, **cfg), device="cpu",
+                              data=DS, loss_fn=loss_fn, verbose=False)
+        return eng.fit(DS, steps=steps, progress=False)
+
+    assert debug.diagnose(mlx_run(30, precision="fp16")) == []
+    assert debug.diagnose(mlx_run(25, precision="fp16", loss_scale=2.0**24)).kinds == ["scale_too_high"]
+    tiny = lambda out, y: 1e-6 * nn.losses.cross_entropy(out, y, reduction="mean")  # noqa: E731
+    assert "underflow_stall" in debug.diagnose(mlx_run(30, tiny, precision="fp16", loss_scale="none")).kinds
+    assert debug.diagnose(mlx_run(30, tiny, precision="fp16")) == []  # dynamic scaling rescues it
 
 
 # --- figure and widget ---------------------------------------------------------------------
