@@ -147,7 +147,8 @@ class ClipByNorm(ClipPolicy):
         norm_type: p of the p-norm: a number >= 1, or ``math.inf`` / ``"inf"``. Default 2.
 
     The factor is ``min(1, max_norm / (norm + 1e-6))``, as in ``torch.nn.utils.clip_grad_norm_``;
-    the direction of the update is kept, only its length is capped.
+    the direction of the update is kept, only its length is capped. The step counts as clipped
+    when ``norm > max_norm`` (the 1e-6 alone, which torch also applies, does not count).
     """
 
     max_norm: float
@@ -169,8 +170,9 @@ class ClipByNorm(ClipPolicy):
                     names: Sequence[str] | None = None,
                     state: "NormHistory | None" = None) -> tuple[list[np.ndarray], bool]:
         gs = _as_arrays(grads)
-        coef = norm_clip_coef(total_norm(gs, self.norm_type), self.max_norm)
-        return [g * np.asarray(coef, dtype=g.dtype) for g in gs], coef < 1.0
+        norm = total_norm(gs, self.norm_type)
+        coef = norm_clip_coef(norm, self.max_norm)
+        return [g * np.asarray(coef, dtype=g.dtype) for g in gs], norm > self.max_norm
 
 
 @dataclass(frozen=True)
@@ -306,8 +308,9 @@ class AutoClip(ClipPolicy):
             raise ValueError("AutoClip needs its NormHistory state (policy.new_state())")
         gs = _as_arrays(grads)
         norm = total_norm(gs, 2.0)
-        coef = norm_clip_coef(norm, state.observe(norm))
-        return [g * np.asarray(coef, dtype=g.dtype) for g in gs], coef < 1.0
+        threshold = state.observe(norm)
+        coef = norm_clip_coef(norm, threshold)
+        return [g * np.asarray(coef, dtype=g.dtype) for g in gs], norm > threshold
 
 
 class NormHistory:

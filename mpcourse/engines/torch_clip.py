@@ -52,7 +52,7 @@ def _clip_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor) 
     # torch's own rule (the same as clip_grad_norm_, without computing the norm again):
     # g *= min(1, max_norm / (norm + 1e-6)).
     torch.nn.utils.clip_grads_with_norm_([_Holder(g) for g in grads], max_norm, norm)
-    return bool(max_norm / (float(norm) + NORM_EPS) < 1.0)  # one host sync
+    return float(norm) > max_norm  # one host sync
 
 
 class _Holder:
