@@ -141,7 +141,7 @@ def write_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], meta: 
     tree = _encode(state, arrays, "")
     table, offset, blobs = [], 0, []
     for arr in arrays:
-        data = np.ascontiguousarray(arr)
+        data = np.array(arr, order="C", copy=True)  # (not ascontiguousarray: it makes 0-d arrays 1-d)
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("<"))
         blob = data.tobytes()
@@ -215,7 +215,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     for entry in head["arrays"]:
         dtype = _dtype_from(entry["dtype"])
         chunk = payload[entry["offset"]:entry["offset"] + entry["nbytes"]]
-        arrays.append(np.frombuffer(chunk, dtype=dtype).reshape(entry["shape"]).copy())
+        arrays.append(np.frombuffer(chunk, dtype=dtype).reshape(tuple(entry["shape"])).copy())
     return Checkpoint(path=path, meta=head["meta"], state=_decode(head["tree"], arrays))
 
 
