@@ -294,7 +294,8 @@ def _train_cmd(backend: str, directory: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MPCOURSE_PROGRESS": "0"}
+    # One thread per child: two OpenMP threads crawl on a shared, busy CPU; both twins get the same.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MPCOURSE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -384,3 +385,39 @@ def test_validate_reports_measured_runs(backend: str, ds: mpc.data.Dataset, stor
     bad = prod.validate(storm, backend=backend, precision="fp16", epochs=1, device="cpu")
     assert bad.overflow_rate == 1.0 and not bad.passed
     assert [r["result"] for r in bad.table()][1] == "FAIL"
+
+
+# --- figures and imports -------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_production_figures_carry_the_data(storm: mpc.data.Dataset) -> None:
+    from mpcourse import plots
+
+    tr = prod.Trainer("torch", "mlp", mpc.TrainConfig(precision="fp16"), storm, device="cpu",
+                      fallback=prod.FallbackPolicy(window=4, max_overflow_rate=0.5),
+                      schedule=prod.PrecisionSchedule.fp32_warmup(3), monitor=Monitor(window=4))
+    hist = tr.fit(steps=10)
+    fig = plots.precision_timeline(hist, window=4)
+    assert [d.name for d in fig.data] == ["loss in fp32", "loss in fp16", "loss in bf16",
+                                          "overflow rate (4-step window)"]
+    assert list(fig.data[1].x) == [3, 4, 5, 6] and list(fig.data[2].x) == [7, 8, 9]
+    assert fig.layout.title.text and fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
+    dash = plots.monitor_dashboard(tr.monitor.rows)
+    assert list(dash.data[1].y) == tr.monitor.column("overflow_rate")
+    est = {"fp32": prod.estimate_memory(tr.engine, storm.x_train[:64], "fp32"),
+           "fp16": prod.estimate_memory(tr.engine, storm.x_train[:64], "fp16")}
+    bars = plots.memory_bars(est)
+    assert sum(d.y[1] for d in bars.data) == pytest.approx(est["fp16"].total / 2**20)
+
+
+def test_production_imports_without_frameworks() -> None:
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'mlx'):\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from mpcourse import production, checkpoint, monitor\n"
+            "assert 'torch' not in sys.modules and 'mlx' not in sys.modules\n"
+            "print(production.FallbackPolicy().next_precision('fp16'))\n")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "bf16", r.stderr
