@@ -47,7 +47,7 @@ import numpy as np
 from mpcourse.engines.portable import FrameworkArray, export_state, import_state
 
 __all__ = ["CheckpointError", "Checkpoint", "write_checkpoint", "read_checkpoint", "save_checkpoint",
-           "load_checkpoint", "CheckpointManager", "MAGIC"]
+           "load_checkpoint", "CheckpointManager", "MAGIC", "state_differences"]
 
 MAGIC = b"MPCKPT\x00\x01"
 _PREFIX = struct.Struct("<8sQQ32s")
@@ -217,6 +217,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         chunk = payload[entry["offset"]:entry["offset"] + entry["nbytes"]]
         arrays.append(np.frombuffer(chunk, dtype=dtype).reshape(tuple(entry["shape"])).copy())
     return Checkpoint(path=path, meta=head["meta"], state=_decode(head["tree"], arrays))
+
+
+def state_differences(a: Any, b: Any) -> list[str]:
+    """Paths of the arrays that differ between two state trees, bit for bit (``[]``: identical).
+
+    Dtype, shape and every byte count; a path present in only one tree counts as a difference.
+    """
+    from mpcourse.engines.portable import array_leaves
+
+    la, lb = array_leaves(a), array_leaves(b)
+    return sorted(k for k in set(la) | set(lb)
+                  if k not in la or k not in lb or la[k].dtype != lb[k].dtype or la[k].shape != lb[k].shape
+                  or la[k].tobytes() != lb[k].tobytes())
 
 
 def save_checkpoint(path: str | os.PathLike[str], engine: Any, *, meta: dict[str, Any] | None = None) -> Path:

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mpcourse.checkpoint import (Checkpoint, CheckpointError, CheckpointManager, load_checkpoint,
-                                 read_checkpoint, save_checkpoint)
+                                 read_checkpoint, save_checkpoint, state_differences)
 from mpcourse.config import PRECISIONS, TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines.base import ZOO, Engine, History, StepRecord, make_engine
@@ -51,7 +51,7 @@ from mpcourse.monitor import Monitor
 __all__ = ["FallbackPolicy", "switch_precision", "Phase", "PrecisionSchedule", "MemoryEstimate",
            "estimate_memory", "Trainer", "Check", "ValidationReport", "judge", "validate",
            "Monitor", "CheckpointManager", "CheckpointError", "Checkpoint", "save_checkpoint",
-           "load_checkpoint", "read_checkpoint", "main"]
+           "load_checkpoint", "read_checkpoint", "state_differences", "main"]
 
 # Range, not precision: fp16 overflows first, bf16 has fp32's exponent range, fp32 is the floor.
 SAFETY: dict[str, int] = {"fp16": 0, "bf16": 1, "fp32": 2}

@@ -200,6 +200,10 @@ def test_container_round_trips_python_and_numpy_values(tmp_path: Path) -> None:
     assert got["f"] == np.float32(0.1) and got["f"].dtype == np.float32 and got["__mpc_x"] == 1
     assert got["bf"].dtype == state["bf"].dtype and got["bf"].tobytes() == state["bf"].tobytes()
     assert got["nested"][0] == 3 and got["nested"][1]["e"].shape == (0, 4)
+    assert prod.state_differences(got, state) == []
+    other = {**state, "f": np.float32(0.2), "bf": state["bf"].astype(np.float32)}
+    assert prod.state_differences(got, other) == ["bf", "f"]
+    assert prod.state_differences({"a": np.zeros(2)}, {"b": np.zeros(2)}) == ["a", "b"]
     with pytest.raises(TypeError, match="cannot store object"):
         write_checkpoint(tmp_path / "d.mpck", {"x": object()}, {})
     assert not (tmp_path / "d.mpck").exists()
@@ -324,6 +328,8 @@ def test_sigkilled_run_resumes_to_the_same_final_parameters(backend: str, tmp_pa
     a, b = read_checkpoint(tmp_path / "full" / "final.mpck"), read_checkpoint(crash_dir / "final.mpck")
     assert a.meta["step"] == b.meta["step"] == 40
     assert _same_bits(array_leaves(a.state["framework"]), array_leaves(b.state["framework"]))
+    assert prod.state_differences(a.state["framework"], b.state["framework"]) == []
+    assert prod.state_differences(a.state, b.state) == []          # RNG state included
 
 
 # --- monitor -------------------------------------------------------------------------------------

@@ -108,12 +108,12 @@ def from_numpy_tree(tree: Any) -> Any:
 
 
 def array_leaves(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Every array in a numpy tree by its path, e.g. ``{"framework/model/head.weight": ...}``."""
+    """Every array (and numpy scalar) in a numpy tree by its path, e.g. ``{"framework/model/head.weight": ...}``."""
     out: dict[str, np.ndarray] = {}
     if isinstance(tree, FrameworkArray):
         out[prefix] = tree.array
-    elif isinstance(tree, np.ndarray):
-        out[prefix] = tree
+    elif isinstance(tree, (np.ndarray, np.generic)):
+        out[prefix] = np.asarray(tree)
     elif isinstance(tree, dict):
         for k, v in tree.items():
             out.update(array_leaves(v, f"{prefix}/{k}" if prefix else str(k)))
