@@ -558,7 +558,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--keep", type=int, default=3)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seeds the model, the data order and the global RNGs")
     t.add_argument("--device", default="cpu")
     t.add_argument("--fallback", action="store_true", help="enable the fp16 -> bf16 -> fp32 fallback")
     t.add_argument("--throttle", type=float, default=0.0, help="seconds to sleep per step")
@@ -570,8 +570,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mpcourse.production train ...``: prints one JSON line when done."""
     from mpcourse import data as data_mod
+    from mpcourse.engines.portable import seed_rngs
 
     args = _parser().parse_args(argv)
+    seed_rngs(args.backend, args.seed)  # a resumed run gets the saved RNG state back instead
     ds = data_mod.load(args.dataset, seed=args.seed)
     cfg = TrainConfig(precision=args.precision, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     mgr = CheckpointManager(args.dir, every=args.every, keep=args.keep)

@@ -20,7 +20,7 @@ from mpcourse import production as prod
 from mpcourse.checkpoint import (CheckpointError, CheckpointManager, load_checkpoint, read_checkpoint,
                                  save_checkpoint, write_checkpoint)
 from mpcourse.engines.base import StepRecord
-from mpcourse.engines.portable import array_leaves, export_state
+from mpcourse.engines.portable import array_leaves, export_state, rng_state
 from mpcourse.monitor import COLUMNS, Monitor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,8 +178,11 @@ def test_checkpoint_round_trip_is_bit_exact(backend: str, precision: str, ds: mp
     a = _engine(backend, ds, precision=precision, optimizer="adamw")
     a.fit(ds, steps=27, progress=False)  # ends mid-epoch (23 batches per epoch)
     path = save_checkpoint(tmp_path / "a.mpck", a)
+    drawn = np.random.random(3)                    # the global RNGs move on after the save...
     b = _engine(backend, ds, precision=precision, optimizer="adamw")
     ck = load_checkpoint(path, b)
+    assert prod.state_differences(ck.state["rng"], rng_state(backend)) == []
+    assert np.random.random(3).tolist() == drawn.tolist()   # ...and loading puts them back
     assert ck.meta["step"] == 27 and ck.meta["precision"] == precision
     sa, sb = export_state(a), export_state(b)
     assert _same_bits(array_leaves(sa), array_leaves(sb))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FrameworkArray", "to_numpy_tree", "from_numpy_tree", "export_state", "import_state",
-           "rng_state", "set_rng_state", "parameter_count", "activation_count",
+           "rng_state", "set_rng_state", "seed_rngs", "parameter_count", "activation_count",
            "device_memory_bytes", "array_leaves"]
 
 FRAMEWORKS: tuple[str, ...] = ("torch", "mlx")
@@ -142,6 +142,19 @@ def rng_state(backend: str) -> dict[str, Any]:
 
         out["mlx"] = [np.array(a) for a in mx.random.state]
     return out
+
+
+def seed_rngs(backend: str, seed: int) -> None:
+    """Seed numpy's legacy global RNG and the framework's global RNG (a fresh run's first act)."""
+    np.random.seed(seed)
+    if backend == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+    elif backend == "mlx":
+        import mlx.core as mx
+
+        mx.random.seed(seed)
 
 
 def set_rng_state(backend: str, state: dict[str, Any]) -> None:
