@@ -516,6 +516,9 @@ def validate(data: Dataset, *, backend: str = "torch", model: str = "mlp", preci
              min_speedup: float | None = None, warmup_steps: int = 5) -> ValidationReport:
     """Train fp32 and ``precision`` on the same task, seed and data order; compare them.
 
+    The two runs advance in turns, one step each, so a busy machine slows both alike; the
+    speedup compares their device-synchronised step times.
+
     Args:
         data: the dataset (train split trained on, test split scored).
         backend, model, device, size: as for :func:`mpcourse.make_engine`.
@@ -526,14 +529,19 @@ def validate(data: Dataset, *, backend: str = "torch", model: str = "mlp", preci
         warmup_steps: first steps left out of the timing (allocation, caches). Default 5.
     """
     _check_precision("precision", precision)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     base = config or TrainConfig()
-    runs = {}
-    for p in ("fp32", precision):
-        eng = make_engine(backend, model, base.replace(precision=p, loss_scale=base.loss_scale
-                                                       if p == base.precision else "auto"),
-                          device=device, data=data, size=size, verbose=False)
-        hist = eng.fit(data, epochs=epochs, progress=False)
-        runs[p] = (hist, eng.evaluate(data)["accuracy"])
+    engines = {p: make_engine(backend, model, base.replace(precision=p, loss_scale=base.loss_scale
+                                                           if p == base.precision else "auto"),
+                              device=device, data=data, size=size, verbose=False)
+               for p in ("fp32", precision)}
+    hists = {p: History(meta=e.describe()) for p, e in engines.items()}
+    # Interleaved step by step, so both runs see the same machine load when they are timed.
+    for _ in range(epochs * engines["fp32"].steps_per_epoch(len(data.x_train))):
+        for p, e in engines.items():
+            hists[p].extend(e.fit(data, steps=1, progress=False))
+    runs = {p: (hists[p], engines[p].evaluate(data)["accuracy"]) for p in engines}
     (h32, a32), (hmp, amp) = runs["fp32"], runs[precision]
     speedup = _seconds_per_sample(h32, warmup_steps) / _seconds_per_sample(hmp, warmup_steps)
     checks = judge(fp32_accuracy=a32, mixed_accuracy=amp, overflow_rate=hmp.overflow_rate, speedup=speedup,
