@@ -506,8 +506,9 @@ class ValidationReport:
 
 
 def _seconds_per_sample(h: History, skip: int) -> float:
+    # The median step: one step stalled by another process does not decide the verdict.
     rs = h.records[skip:] or h.records
-    return sum(r.seconds for r in rs) / max(1, sum(r.samples for r in rs))
+    return float(np.median([r.seconds / r.samples for r in rs]))
 
 
 def validate(data: Dataset, *, backend: str = "torch", model: str = "mlp", precision: str = "fp16",
@@ -517,7 +518,7 @@ def validate(data: Dataset, *, backend: str = "torch", model: str = "mlp", preci
     """Train fp32 and ``precision`` on the same task, seed and data order; compare them.
 
     The two runs advance in turns, one step each, so a busy machine slows both alike; the
-    speedup compares their device-synchronised step times.
+    speedup is the ratio of their median device-synchronised seconds per sample.
 
     Args:
         data: the dataset (train split trained on, test split scored).
