@@ -131,8 +131,11 @@ class FallbackPolicy:
 def _rebuild(engine: Engine, config: TrainConfig) -> Engine:
     base, _, size = engine.model_name.partition(":")
     model: Any = base if base in ZOO else engine.model  # a user's model object is taken over as is
-    new = make_engine(engine.backend, model, config, device=engine.device,
-                      loss_fn=getattr(engine, "loss_fn", None), num_features=engine.num_features,
+    loss_fn = getattr(engine, "loss_fn", None)
+    if loss_fn is getattr(sys.modules[type(engine).__module__], "_default_loss", None):
+        loss_fn = None  # the engine's own default (MLX compiles only its own loss)
+    new = make_engine(engine.backend, model, config, device=engine.device, loss_fn=loss_fn,
+                      num_features=engine.num_features,
                       num_classes=engine.num_classes, size=size or "small", verbose=False)
     new.model_name = engine.model_name
     return new

@@ -56,7 +56,8 @@ def _engine(backend: str, ds: mpc.data.Dataset, **cfg: object) -> mpc.engines.En
 
 
 def _model_arrays(engine: object) -> dict[str, np.ndarray]:
-    return array_leaves(export_state(engine)["framework"]["model"])
+    fw = export_state(engine)["framework"]
+    return array_leaves(fw["model"] if "model" in fw else fw["master"])   # torch: model, MLX: master
 
 
 def _same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:

@@ -169,8 +169,11 @@ def set_rng_state(backend: str, state: dict[str, Any]) -> None:
     elif backend == "mlx" and "mlx" in state:
         import mlx.core as mx
 
-        for i, a in enumerate(state["mlx"]):
-            mx.random.state[i] = mx.array(a)
+        # MLX's global state is one uint32 key pair that cannot be assigned; seed(s) sets the
+        # key to [s >> 32, s & 0xffffffff], so seeding with the pair rebuilds that exact key.
+        (key,) = state["mlx"]
+        hi, lo = (int(v) for v in np.asarray(key, dtype=np.uint32))
+        mx.random.seed((hi << 32) | lo)
 
 
 # --- whole engines -----------------------------------------------------------------------------
