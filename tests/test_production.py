@@ -431,3 +431,18 @@ def test_production_imports_without_frameworks() -> None:
             "print(production.FallbackPolicy().next_precision('fp16'))\n")
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "bf16", r.stderr
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_switch_precision_keeps_a_users_own_model(ds: mpc.data.Dataset) -> None:
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    eng = mpc.make_engine("torch", net, mpc.TrainConfig(precision="fp16"), device="cpu", data=ds, verbose=False)
+    eng.fit(ds, steps=3, progress=False)
+    new = prod.switch_precision(eng, "fp32")
+    assert new.model is net and new.model_name == "Sequential" and new.step == 3
+    assert new.fit(ds, steps=2, progress=False).records[-1].step == 4
+    pure = _engine("torch", ds, precision="bf16", master_weights=False)
+    with pytest.raises(ValueError, match="needs fp32 master weights"):
+        prod.switch_precision(pure, "fp32")
