@@ -267,7 +267,7 @@ def loss_and_scale(history: History | None = None, loss_weight: float = 1.0,
 
 
 def updates_vs_spacing(weights: Sequence[float] | np.ndarray, updates: Sequence[float] | np.ndarray,
-                       fmt: str = "fp16", max_points: int = 4000,
+                       fmt: str = "fp16", max_points: int = 1500,
                        title: str = "Weight updates against the format's spacing") -> go.Figure:
     """|update| against |weight| (log-log), with half of ``fmt``'s spacing drawn as the line
     below which an update added to a weight stored in ``fmt`` is lost (rounds back)."""

@@ -106,10 +106,11 @@ class LossScalingPanel(_Displayable):
         model: a zoo model name. Default ``"mlp"``.
         device: ``"auto"`` or an explicit device. Default ``"auto"``.
         backends: backends offered (default: those whose engine runs here).
+        backend: the one selected first (default: the first offered).
     """
 
     def __init__(self, task: Dataset, *, steps: int = 60, model: str = "mlp", device: str = "auto",
-                 backends: Sequence[str] | None = None) -> None:
+                 backends: Sequence[str] | None = None, backend: str | None = None) -> None:
         if not isinstance(task, Dataset):
             raise TypeError(f"task must be an mpcourse Dataset, got {type(task).__name__}")
         offered = list(backends) if backends is not None else [b for b in BACKENDS if runs.backend_ready(b)]
@@ -129,7 +130,9 @@ class LossScalingPanel(_Displayable):
                                          style=style)
         self.loss_scale = W.ToggleButtons(options=["dynamic", "static", "none"], value="dynamic",
                                           description="loss scale", style=style)
-        self.backend = W.Dropdown(options=offered, value=offered[0], description="backend", style=style)
+        if backend is not None and backend not in offered:
+            raise ValueError(f"backend {backend!r} is not among those offered here: {offered}")
+        self.backend = W.Dropdown(options=offered, value=backend or offered[0], description="backend", style=style)
         self.steps = W.IntSlider(value=steps, min=5, max=400, step=5, description="steps", style=style)
         self.button = W.Button(description="Train", button_style="primary", icon="play")
         self.status = W.HTML("Press Train to run a short training with these settings.")

@@ -14,6 +14,11 @@ What it does, on purpose:
   short text repr, which is compared.
 - The kernel runs with ``MPCOURSE_PROGRESS=0`` (no progress bars in stored outputs) and with
   this checkout first on ``PYTHONPATH``, so the notebooks test this tree's ``mpcourse``.
+- The kernel runs torch/numpy CPU ops on one thread (``OMP_NUM_THREADS=1`` unless already
+  set): outputs are compared, and one thread fixes the order of CPU float sums whatever the
+  machine's core count; the course's models are small enough that a second thread does not
+  help, and on a shared, loaded CPU spinning OpenMP threads made runs 3x slower. A notebook that
+  measures speed (03) sets its own thread count explicitly.
 - Cells whose output depends on timing or on the device carry the tag ``nbval-ignore-output``;
   no other cell does.
 """
@@ -32,6 +37,7 @@ SKIP_COMPARE = ("application/vnd.plotly.v1+json",)
 
 # The kernel nbval starts inherits this process's environment.
 os.environ["MPCOURSE_PROGRESS"] = "0"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 

@@ -9,6 +9,7 @@ Usage::
     eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp16"), data=ds)
     grads = batch_gradients(eng, ds.x_train[:64], ds.y_train[:64])   # {param name: fp32 numpy}
     rows = op_dtypes(eng, ds.x_train[:8])      # [{'op': 'addmm', 'inputs': 'float16, ...', ...}]
+    weights = parameters(eng)                   # {param name: numpy copy, in its stored dtype}
 
 Both leave the model, the optimizer and the scaler exactly as they were.
 """
@@ -23,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mpcourse.engines.torch_engine import TorchEngine
 
-__all__ = ["batch_gradients", "op_dtypes"]
+__all__ = ["batch_gradients", "op_dtypes", "parameters"]
 
 
 def _check(engine: Any) -> TorchEngine:
@@ -58,6 +59,13 @@ def batch_gradients(engine: Any, x: np.ndarray, y: np.ndarray, *, autocast: bool
     finally:
         for p, g in zip(eng.model.parameters(), saved):
             p.grad = g
+
+
+def parameters(engine: Any) -> dict[str, np.ndarray]:
+    """A numpy copy of every parameter, in the dtype it is stored in (fp16 when
+    ``master_weights=False``), keyed by name."""
+    eng = _check(engine)
+    return {name: p.detach().cpu().numpy().copy() for name, p in eng.model.named_parameters()}
 
 
 class _DtypeLog(TorchDispatchMode):
