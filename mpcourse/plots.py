@@ -187,14 +187,19 @@ def number_line(fmts: Sequence[str], lo: float, hi: float) -> go.Figure:
 
 
 def running_sums(sums: Mapping[str, Sequence[float]], exact: Sequence[float] | None = None,
-                 title: str = "A long sum of small values, accumulated in each format") -> go.Figure:
-    """Partial sums against the number of terms, one line per accumulator format."""
+                 title: str = "A long sum of small values, accumulated in each format",
+                 max_points: int = 500) -> go.Figure:
+    """Partial sums against the number of terms, one line per accumulator format.
+
+    Long series are drawn at ``max_points`` evenly spaced terms (the last one always included).
+    """
+    series = dict(sums) if exact is None else {**sums, "exact": exact}
     fig = go.Figure()
-    for name, s in sums.items():
-        fig.add_trace(go.Scatter(x=np.arange(1, len(s) + 1), y=np.asarray(s, float), mode="lines", name=name))
-    if exact is not None:
-        fig.add_trace(go.Scatter(x=np.arange(1, len(exact) + 1), y=np.asarray(exact, float), mode="lines",
-                                 name="exact", line=dict(dash="dot", color="black")))
+    for name, s in series.items():
+        v = np.asarray(s, dtype=float)
+        idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), max_points)).astype(int))
+        line = dict(dash="dot", color="black") if (exact is not None and name == "exact") else None
+        fig.add_trace(go.Scatter(x=idx + 1, y=v[idx], mode="lines", name=name, line=line))
     fig.update_layout(title=title, xaxis_title="terms added (count)", yaxis_title="running sum (dimensionless)",
                       template="plotly_white")
     return fig
@@ -217,8 +222,11 @@ def gradient_histogram(values: Sequence[float] | np.ndarray, fmt: str = "fp16",
     logs = np.log2(np.abs(nz)) if len(nz) else np.zeros(0)
     lo = math.floor(min(logs.min(), math.log2(info.min_subnormal)) if len(nz) else -30) - 1
     hi = math.ceil(max(logs.max(), 0.0) if len(nz) else 0.0) + 1
-    fig = go.Figure(go.Histogram(x=logs, xbins=dict(start=lo, end=hi, size=1), name="gradients",
-                                 marker_color="#444"))
+    # Binned here (one bar per binade), so the figure carries counts, not every gradient.
+    counts, edges = np.histogram(logs, bins=np.arange(lo, hi + 1))
+    fig = go.Figure(go.Bar(x=edges[:-1] + 0.5, y=counts, width=0.95, name="gradients", marker_color="#444",
+                           hovertemplate="binade [2^%{customdata}, 2^(%{customdata}+1)): %{y} values<extra></extra>",
+                           customdata=edges[:-1].astype(int)))
     fig.add_vrect(x0=math.log2(info.min_normal), x1=min(math.log2(info.max), hi), fillcolor="#1f77b4",
                   opacity=0.15, line_width=0, annotation_text=f"{fmt} normal", annotation_position="top left")
     fig.add_vrect(x0=math.log2(info.min_subnormal), x1=math.log2(info.min_normal), fillcolor="#ff7f0e",
