@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 
 from mpcourse.engines.base import History
 
-__all__ = ["loss_curves", "scale_trajectory", "time_bars", "smooth",
+__all__ = ["loss_curves", "scale_trajectory", "time_bars", "smooth", "log2_ticks",
            # notebooks 01/02
            "NOTEBOOK_RENDERER", "setup_notebook", "bit_layout", "format_ranges", "number_line",
            "running_sums", "gradient_histogram", "training_curves", "loss_and_scale",
@@ -61,17 +61,34 @@ def scale_trajectory(history: History | Mapping[str, History], title: str = "Los
     """The loss scale (log2 axis) against step, with the overflow (skipped) steps marked."""
     runs = history if isinstance(history, Mapping) else {history.meta.get("precision", "run"): history}
     fig = go.Figure()
-    for name, hist in runs.items():
+    symbols = ("x", "circle-open", "diamond-open", "square-open")
+    for i, (name, hist) in enumerate(runs.items()):
         steps, scales = hist.column("step"), hist.scales
-        fig.add_trace(go.Scatter(x=steps, y=scales, mode="lines", line_shape="hv", name=f"{name} scale"))
+        fig.add_trace(go.Scatter(x=steps, y=scales, mode="lines", line_shape="hv", name=f"{name} scale",
+                                 line=dict(dash=("solid", "dash", "dot", "dashdot")[i % 4])))
         bad = hist.column("found_inf").astype(bool) if len(hist) else np.zeros(0, bool)
         if bad.any():
             fig.add_trace(go.Scatter(x=steps[bad], y=scales[bad], mode="markers", name=f"{name} overflow (step skipped)",
-                                     marker=dict(symbol="x", size=9, color="crimson")))
+                                     marker=dict(symbol=symbols[i % 4], size=10, color="crimson",
+                                                 line=dict(width=2, color="crimson"))))
     fig.update_layout(title=title, xaxis_title=STEP_AXIS, yaxis_title="loss scale (log2 axis)",
                       template="plotly_white")
-    fig.update_yaxes(type="log", dtick=math.log10(2) * 4, exponentformat="power")
+    all_scales = np.concatenate([h.scales for h in runs.values()]) if runs else np.zeros(0)
+    fig.update_yaxes(type="log", **log2_ticks(all_scales))
     return fig
+
+
+def log2_ticks(values: Sequence[float] | np.ndarray, max_ticks: int = 8) -> dict[str, list]:
+    """``tickvals``/``ticktext`` for a log axis labelled in powers of two (``2^16``), at most
+    ``max_ticks`` of them, covering the positive finite ``values``."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return {}
+    lo, hi = math.floor(math.log2(v.min())), math.ceil(math.log2(v.max()))
+    step = max(1, math.ceil((hi - lo + 1) / max_ticks))
+    ks = list(range(lo, hi + 1, step))
+    return {"tickvals": [2.0**k for k in ks], "ticktext": [f"2^{k}" for k in ks]}
 
 
 def time_bars(seconds: Mapping[str, float], title: str = "Training time by precision (measured here)") -> go.Figure:
@@ -269,7 +286,7 @@ def loss_and_scale(history: History | None = None, loss_weight: float = 1.0,
                              marker=dict(symbol="x", size=9, color="crimson")), row=2, col=1)
     fig.update_layout(title=title, template="plotly_white", height=480)
     fig.update_yaxes(title_text=LOSS_AXIS, row=1, col=1)
-    fig.update_yaxes(title_text="loss scale (log2 axis)", type="log", exponentformat="power", row=2, col=1)
+    fig.update_yaxes(title_text="loss scale (log2 axis)", type="log", row=2, col=1, **log2_ticks(scale))
     fig.update_xaxes(title_text=STEP_AXIS, row=2, col=1)
     return fig
 

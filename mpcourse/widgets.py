@@ -171,6 +171,7 @@ class LossScalingPanel(_Displayable):
             self.figure.data[0].x, self.figure.data[0].y = h.column("step"), run.losses
             self.figure.data[1].x, self.figure.data[1].y = h.column("step"), h.scales
             self.figure.data[2].x, self.figure.data[2].y = h.column("step")[bad], h.scales[bad]
+            self.figure.layout.yaxis2.update(**plots.log2_ticks(h.scales))
         final = run.losses[-1]
         loss_txt = f"{final:.3f} nats" if math.isfinite(final) else "non-finite"
         self.status.value = (f"{h.meta['backend']}:{h.meta['device']} {h.meta['precision']} "

@@ -129,3 +129,10 @@ def test_loss_scaling_panel_rejects_bad_input():
         widgets.LossScalingPanel("underflow")
     with pytest.raises(ValueError, match="not among those offered"):
         widgets.LossScalingPanel(mpc.data.load("underflow"), backends=["torch"], backend="mlx")
+
+
+def test_log2_ticks_label_powers_of_two():
+    t = plots.log2_ticks([2.0**10, 2.0**13, float("inf"), 0.0])
+    assert t["tickvals"] == [2.0**k for k in range(10, 14)] and t["ticktext"] == ["2^10", "2^11", "2^12", "2^13"]
+    assert len(plots.log2_ticks([1.0, 2.0**40])["tickvals"]) <= 8
+    assert plots.log2_ticks([]) == {}
