@@ -285,8 +285,8 @@ def loss_and_scale(history: History | None = None, loss_weight: float = 1.0,
     fig.add_trace(go.Scatter(x=steps[bad], y=scale[bad], mode="markers", name="overflow (step skipped)",
                              marker=dict(symbol="x", size=9, color="crimson")), row=2, col=1)
     fig.update_layout(title=title, template="plotly_white", height=480)
-    fig.update_yaxes(title_text=LOSS_AXIS, row=1, col=1)
-    fig.update_yaxes(title_text="loss scale (log2 axis)", type="log", row=2, col=1, **log2_ticks(scale))
+    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)  # short: two stacked axis titles
+    fig.update_yaxes(title_text="loss scale (log2)", type="log", row=2, col=1, **log2_ticks(scale))
     fig.update_xaxes(title_text=STEP_AXIS, row=2, col=1)
     return fig
 

@@ -133,7 +133,7 @@ class LossScalingPanel(_Displayable):
         if backend is not None and backend not in offered:
             raise ValueError(f"backend {backend!r} is not among those offered here: {offered}")
         self.backend = W.Dropdown(options=offered, value=backend or offered[0], description="backend", style=style)
-        self.steps = W.IntSlider(value=steps, min=5, max=400, step=5, description="steps", style=style)
+        self.steps = W.IntSlider(value=steps, min=1, max=400, description="steps", style=style)
         self.button = W.Button(description="Train", button_style="primary", icon="play")
         self.status = W.HTML("Press Train to run a short training with these settings.")
         self.figure = go.FigureWidget(plots.loss_and_scale(title=f"Loss and loss scale on {task.name!r}"))
