@@ -46,8 +46,9 @@ __all__ = ["LossScaler", "StaticLossScaler", "DynamicLossScaler", "scaler_from_s
 
 
 def _f32(x: float) -> float:
-    """Round a Python float through float32, as torch's float32 scale tensor does."""
-    return float(np.float32(x))
+    """Round a Python float through float32, as torch's float32 scale tensor does (inf past its max)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
 
 
 def _positive_finite(name: str, value: Any) -> float:

@@ -302,12 +302,15 @@ class Engine(ABC):
         bar = _make_bar(total, f"{self.backend}:{self.device} {self.config.precision}",
                         _progress_default() if progress is None else progress)
         bs = self.config.batch_size
+        order_epoch, order = -1, np.empty(0, dtype=np.int64)
         try:
             for _ in range(total):
                 if self.batch_in_epoch >= per_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                idx = self._order(self.epoch, len(x))[self.batch_in_epoch * bs:(self.batch_in_epoch + 1) * bs]
+                if order_epoch != self.epoch:
+                    order_epoch, order = self.epoch, self._order(self.epoch, len(x))
+                idx = order[self.batch_in_epoch * bs:(self.batch_in_epoch + 1) * bs]
                 rec = self._record(self._train_step(x[idx], y[idx]), len(idx))
                 hist.records.append(rec)
                 self.step += 1
@@ -364,6 +367,14 @@ def _make_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
+
+
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
@@ -404,7 +415,7 @@ def make_engine(backend: str = "torch", model: Any = "mlp", config: TrainConfig 
     for name, v in (("num_features", feats), ("num_classes", classes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if importlib.util.find_spec(backend) is None:
+    if not _installed(backend):
         raise BackendUnavailableError(f"backend {backend!r} is not installed: {_INSTALL_HINT[backend]}")
     if backend == "torch":
         from mpcourse.engines.torch_engine import TorchEngine as cls
@@ -420,11 +431,11 @@ def make_engine(backend: str = "torch", model: Any = "mlp", config: TrainConfig 
 def available_backends() -> list[str]:
     """The backend:device pairs that can run here, best first, e.g. ``['torch:cuda', 'mlx:cpu']``."""
     found: list[str] = []
-    if importlib.util.find_spec("torch") is not None:
+    if _installed("torch"):
         from mpcourse.engines.torch_engine import torch_devices
 
         found += [f"torch:{d}" for d in torch_devices()]
-    if importlib.util.find_spec("mlx") is not None:
+    if _installed("mlx"):
         try:
             from mpcourse.engines.mlx_engine import mlx_devices
         except ImportError:  # the MLX engine is optional; the package can still be imported
