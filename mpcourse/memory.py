@@ -8,6 +8,8 @@ Usage::
     # {'fp32 master weights': 4, 'fp32 gradients': 4, 'Adam m (fp32)': 4, 'Adam v (fp32)': 4}
     memory.model_state_bytes(1_000_000, "fp16", "adam")     # 16_000_000: no saving at all
     memory.state_bytes_per_param("fp16", "adam", recipe="half copy")  # the 2+2+4+4+4 = 16 recipe
+    memory.matmul_intensity(4096, 4096, 4096, "fp16")       # FLOPs per byte moved: compute-bound
+    memory.elementwise_intensity("fp16")                    # 1/6 FLOP per byte: memory-bound
 
 Model state is what lives for the whole run: weights, gradients and optimizer moments. In
 mixed precision the weights the optimizer updates stay fp32 ("master weights") and Adam's
@@ -18,7 +20,8 @@ throws away: the activations saved for the backward pass (measured by
 
 from __future__ import annotations
 
-__all__ = ["state_bytes_per_param", "model_state_bytes", "RECIPES"]
+__all__ = ["state_bytes_per_param", "model_state_bytes", "RECIPES", "matmul_intensity",
+           "elementwise_intensity"]
 
 RECIPES: tuple[str, ...] = ("autocast", "half copy", "pure half")
 _MOMENTS = {"adam": ("Adam m", "Adam v"), "adamw": ("AdamW m", "AdamW v"), "sgd": ("SGD momentum",)}
@@ -66,3 +69,21 @@ def model_state_bytes(num_params: int, precision: str, optimizer: str = "adam", 
     if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 0:
         raise ValueError(f"num_params must be an int >= 0, got {num_params!r}")
     return num_params * sum(state_bytes_per_param(precision, optimizer, recipe).values())
+
+
+def matmul_intensity(m: int, n: int, k: int, precision: str) -> float:
+    """FLOPs per byte of an ``(m x k) @ (k x n)`` matmul that reads A and B and writes C once.
+
+    ``2*m*n*k`` FLOPs over ``(m*k + k*n + m*n) * bytes`` bytes: grows with the sizes, so large
+    matmuls are compute-bound (their speed is the tensor cores') and small ones memory-bound.
+    """
+    if precision not in _BYTES:
+        raise ValueError(f"precision must be one of 'fp32', 'fp16', 'bf16'; got {precision!r}")
+    return 2.0 * m * n * k / ((m * k + k * n + m * n) * _BYTES[precision])
+
+
+def elementwise_intensity(precision: str) -> float:
+    """FLOPs per byte of ``c = a + b``: one FLOP per 3 elements moved, whatever the size."""
+    if precision not in _BYTES:
+        raise ValueError(f"precision must be one of 'fp32', 'fp16', 'bf16'; got {precision!r}")
+    return 1.0 / (3 * _BYTES[precision])

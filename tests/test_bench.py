@@ -155,7 +155,7 @@ def test_matmul_peak_and_precision_context() -> None:
     assert torch.get_float32_matmul_precision() == before
 
 
-def test_saved_activations_shrink_in_bf16_but_state_does_not() -> None:
+def test_saved_activations_halve_weight_copies_appear_state_stays() -> None:
     import mpcourse as mpc
 
     x = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
@@ -163,9 +163,12 @@ def test_saved_activations_shrink_in_bf16_but_state_does_not() -> None:
     saved = {}
     for prec in ("fp32", "bf16"):
         eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision=prec), device="cpu", verbose=False)
-        saved[prec] = torch_bench.saved_activation_bytes(eng, x, y)
+        saved[prec] = torch_bench.saved_tensor_bytes(eng, x, y)
         n = torch_bench.param_count(eng.model)
-    assert 0.4 * saved["fp32"] < saved["bf16"] < 0.75 * saved["fp32"]
+    assert saved["fp32"]["weight copies"] == 0
+    assert 0.45 * saved["fp32"]["activations"] < saved["bf16"]["activations"] < 0.55 * saved["fp32"]["activations"]
+    # bf16 copies of the 256x256 and 10x256 weights (the first layer's is not needed: inputs need no grad)
+    assert saved["bf16"]["weight copies"] == 2 * (256 * 256 + 10 * 256)
     assert memory.model_state_bytes(n, "bf16") == memory.model_state_bytes(n, "fp32") == 16 * n
 
 
@@ -219,3 +222,11 @@ def test_memory_breakdown_bars() -> None:
                                        "bf16": {"model state": 2**21, "activations": 2**19}})
     assert [t.name for t in fig.data] == ["model state", "activations"]
     assert list(fig.data[1].y) == [1.0, 0.5] and fig.layout.barmode == "stack" and fig.layout.title.text
+
+
+def test_intensity_and_measured_rates() -> None:
+    assert memory.matmul_intensity(2, 2, 2, "fp32") == pytest.approx(16 / 48)
+    assert memory.matmul_intensity(4096, 4096, 4096, "fp16") == pytest.approx(4096 / 3)
+    assert memory.elementwise_intensity("bf16") == pytest.approx(2 * memory.elementwise_intensity("fp32"))
+    assert torch_bench.elementwise_gbps("cpu", "fp32", numel=2**12, repeats=2) > 0
+    assert torch_bench.matmul_tflops("cpu", "bf16", 16, 24, 32, repeats=2) > 0

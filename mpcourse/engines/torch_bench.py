@@ -33,7 +33,7 @@ from mpcourse.engines.torch_engine import DTYPES, resolve_device, sync, torch_de
 from mpcourse.engines.torch_models import build_model
 
 __all__ = ["devices", "check_device", "precision_unsupported", "precision_context", "MemoryProbe",
-           "count_flops", "matmul_peak_tflops", "device_info", "versions", "saved_activation_bytes",
+           "count_flops", "matmul_tflops", "matmul_peak_tflops", "elementwise_gbps", "device_info", "versions", "saved_tensor_bytes",
            "param_count"]
 
 
@@ -164,19 +164,13 @@ def count_flops(model: str, size: str, num_features: int, num_classes: int, batc
         return None
 
 
-def matmul_peak_tflops(device: str, precision: str, n: int | None = None, repeats: int = 5) -> float:
-    """Measured TFLOP/s of an ``n x n`` matmul in ``precision`` on ``device`` (median of repeats).
-
-    This is the ceiling the training step is compared against ("achieved / peak"), measured
-    here rather than taken from a datasheet. ``n`` defaults to 8192 on CUDA, 4096 on MPS and
-    512 on the CPU (whose fp16 matmul can be very slow).
-    """
+def matmul_tflops(device: str, precision: str, m: int, n: int, k: int, repeats: int = 5) -> float:
+    """Measured TFLOP/s of one ``(m x k) @ (k x n)`` matmul in ``precision`` (median of ``repeats``)."""
     dev = torch.device(device)
-    n = n or {"cuda": 8192, "mps": 4096}.get(dev.type, 512)
     dtype = DTYPES["fp32" if precision == "tf32" else precision]
     with precision_context(device, precision):
-        a = torch.randn(n, n, device=dev).to(dtype)
-        b = torch.randn(n, n, device=dev).to(dtype)
+        a = torch.randn(m, k, device=dev).to(dtype)
+        b = torch.randn(k, n, device=dev).to(dtype)
         a @ b  # warm-up: kernel selection, allocator
         sync(dev)
         times = []
@@ -185,7 +179,36 @@ def matmul_peak_tflops(device: str, precision: str, n: int | None = None, repeat
             a @ b
             sync(dev)
             times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / statistics.median(times) / 1e12
+    return 2.0 * m * n * k / statistics.median(times) / 1e12
+
+
+def matmul_peak_tflops(device: str, precision: str, n: int | None = None, repeats: int = 5) -> float:
+    """Measured TFLOP/s of an ``n x n`` matmul in ``precision`` on ``device`` (median of repeats).
+
+    This is the ceiling the training step is compared against ("achieved / peak"), measured
+    here rather than taken from a datasheet. ``n`` defaults to 8192 on CUDA, 4096 on MPS and
+    512 on the CPU (whose fp16 matmul can be very slow).
+    """
+    n = n or {"cuda": 8192, "mps": 4096}.get(torch.device(device).type, 512)
+    return matmul_tflops(device, precision, n, n, n, repeats)
+
+
+def elementwise_gbps(device: str, precision: str, numel: int = 2**22, repeats: int = 5) -> float:
+    """Measured GB/s of ``a + b`` on ``numel`` elements: a memory-bound op (2 reads, 1 write each)."""
+    dev = torch.device(device)
+    dtype = DTYPES["fp32" if precision == "tf32" else precision]
+    a = torch.randn(numel, device=dev).to(dtype)
+    b = torch.randn(numel, device=dev).to(dtype)
+    out = torch.empty_like(a)
+    torch.add(a, b, out=out)
+    sync(dev)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.add(a, b, out=out)
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    return 3 * numel * a.element_size() / statistics.median(times) / 1e9
 
 
 def device_info(device: str) -> dict[str, Any]:
@@ -214,25 +237,35 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def saved_activation_bytes(engine: Any, x: Any, y: Any) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass of one batch (the activations).
+def saved_tensor_bytes(engine: Any, x: Any, y: Any) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass of one batch: activations and weight copies.
 
     Measured with ``torch.autograd.graph.saved_tensors_hooks`` during a real forward pass of
-    ``engine`` (its autocast, its dtypes). The parameters themselves are not counted (they are
-    model state); fp16/bf16 copies of them that autocast makes are, since they live only for
-    the step. Each storage is counted once.
+    ``engine`` (its autocast, its dtypes). Parameters themselves are model state and are not
+    counted. A saved tensor shaped like a parameter (or its transpose) is counted as a
+    **weight copy**: autocast's fp16/bf16 cast of that weight, made afresh every step. The
+    rest are **activations**. Each storage is counted once.
+
+    Returns:
+        ``{"activations": bytes, "weight copies": bytes}``.
     """
     xt, yt = engine._tensors(x, y)
-    params = {p.data_ptr() for p in engine.model.parameters()}
-    seen: dict[int, int] = {}
+    params = list(engine.model.parameters())
+    ptrs = {p.untyped_storage().data_ptr() for p in params}
+    shapes = {tuple(p.shape) for p in params} | {tuple(p.shape)[::-1] for p in params if p.dim() == 2}
+    seen: dict[int, tuple[str, int]] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        if ptr not in ptrs:
+            kind = "weight copies" if tuple(t.shape) in shapes and t.dtype != torch.float32 else "activations"
+            seen[ptr] = (kind, max(seen.get(ptr, (kind, 0))[1], t.untyped_storage().nbytes()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = engine.forward_loss(xt, yt)
     del loss
-    return int(sum(seen.values()))
+    out = {"activations": 0, "weight copies": 0}
+    for kind, nbytes in seen.values():
+        out[kind] += nbytes
+    return out
