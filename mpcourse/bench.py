@@ -118,6 +118,8 @@ class BenchGrid:
         num_features, num_classes: input width (a square for cnn/transformer/lstm) and classes.
             Default 784 (28 x 28) and 10.
         matmul_peak: also measure each device's matmul peak (for achieved/peak). Default True.
+        threads: CPU threads for torch during the run (None: torch's default, one per core).
+            Recorded with the results. Default None.
     """
 
     backends: tuple[str, ...] | None = None
@@ -132,6 +134,7 @@ class BenchGrid:
     num_features: int = 784
     num_classes: int = 10
     matmul_peak: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.backends is not None:
@@ -156,6 +159,9 @@ class BenchGrid:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be None or an int >= 1, got {self.threads!r}")
         if not isinstance(self.max_case_seconds, (int, float)) or not self.max_case_seconds > 0:
             raise ValueError(f"max_case_seconds must be > 0, got {self.max_case_seconds!r}")
         for m in self.models:
@@ -316,7 +322,27 @@ def run_grid(grid: BenchGrid, *, progress: bool | None = None, log: Any = None) 
     for what, why in skipped:
         print(f"skipped {what}: {why}", file=log)
     started = dt.datetime.now(dt.timezone.utc)
-    context = _context(grid, cases, started)
+    backends = list(dict.fromkeys(c.backend for c in cases))
+    old_threads = {b: _tools(b).set_threads(grid.threads) for b in backends}
+    try:
+        context = _context(grid, cases, started)
+        rows, peaks = _measure(grid, cases, progress)
+    finally:
+        for b, n in old_threads.items():
+            if n is not None:
+                _tools(b).set_threads(n)
+    _add_speedups(rows)
+    for r in rows:
+        r.update(context)
+        r["hardware"] = context["hardware"].get(f"{r['backend']}:{r['device']}", {})
+        r["matmul_peak_tflops"] = peaks.get((r["backend"], r["device"], r["precision"]), r.get("matmul_peak_tflops"))
+        if r.get("achieved_tflops") and r["matmul_peak_tflops"]:
+            r["peak_fraction"] = r["achieved_tflops"] / r["matmul_peak_tflops"]
+    return rows
+
+
+def _measure(grid: BenchGrid, cases: list[Case], progress: bool | None
+             ) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], float]]:
     bar = None
     if _progress(progress):
         from tqdm.auto import tqdm
@@ -338,14 +364,7 @@ def run_grid(grid: BenchGrid, *, progress: bool | None = None, log: Any = None) 
     finally:
         if bar is not None:
             bar.close()
-    _add_speedups(rows)
-    for r in rows:
-        r.update(context)
-        r["hardware"] = context["hardware"].get(f"{r['backend']}:{r['device']}", {})
-        r["matmul_peak_tflops"] = peaks.get((r["backend"], r["device"], r["precision"]), r.get("matmul_peak_tflops"))
-        if r.get("achieved_tflops") and r["matmul_peak_tflops"]:
-            r["peak_fraction"] = r["achieved_tflops"] / r["matmul_peak_tflops"]
-    return rows
+    return rows, peaks
 
 
 def _context(grid: BenchGrid, cases: list[Case], started: dt.datetime) -> dict[str, Any]:
@@ -474,6 +493,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed steps first")
     p.add_argument("--max-case-seconds", type=float, help="stop timing a configuration after this long")
     p.add_argument("--features", type=int, dest="num_features", help="input features (a square for cnn/transformer/lstm)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--no-peak", action="store_true", help="do not measure the matmul peak")
     p.add_argument("--out", default=None, help="results file (.jsonl) or directory (default: course/results "
                                                "if it exists here, else the current directory)")
@@ -486,7 +506,7 @@ def grid_from_args(ns: argparse.Namespace) -> BenchGrid:
     """A BenchGrid from the preset, with every option given on the command line replacing it."""
     values = dict(PRESETS[ns.preset])
     for name in ("backends", "devices", "precisions", "models", "batches", "widths", "steps", "warmup",
-                 "max_case_seconds", "num_features"):
+                 "max_case_seconds", "num_features", "threads"):
         if getattr(ns, name) is not None:
             values[name] = getattr(ns, name)
     if ns.no_peak:

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 from mpcourse.engines import torch_bench  # noqa: E402
 
 TINY = dict(backends=("torch",), devices=("cpu",), precisions=("fp32", "bf16"), models=("mlp",),
-            batches=(16,), steps=3, warmup=1, num_features=64, matmul_peak=False, max_case_seconds=2.0)
+            batches=(16,), steps=3, warmup=1, num_features=64, matmul_peak=False, max_case_seconds=2.0,
+            threads=1)  # one thread: robust timings on a CPU shared with other jobs
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +231,12 @@ def test_intensity_and_measured_rates() -> None:
     assert memory.elementwise_intensity("bf16") == pytest.approx(2 * memory.elementwise_intensity("fp32"))
     assert torch_bench.elementwise_gbps("cpu", "fp32", numel=2**12, repeats=2) > 0
     assert torch_bench.matmul_tflops("cpu", "bf16", 16, 24, 32, repeats=2) > 0
+
+
+def test_threads_are_applied_recorded_and_restored() -> None:
+    before = torch.get_num_threads()
+    rows = bench.run_grid(bench.BenchGrid(**{**TINY, "precisions": ("fp32",), "threads": 1}), progress=False)
+    assert rows[0]["hardware"]["torch_threads"] == 1 and rows[0]["settings"]["threads"] == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be None or an int >= 1"):
+        bench.BenchGrid(**{**TINY, "threads": 0})

@@ -25,28 +25,29 @@ import mlx.core as mx
 
 from mpcourse.hardware import cpu_model
 
-__all__ = ["devices", "check_device", "precision_unsupported", "precision_context", "MemoryProbe",
+__all__ = ["set_threads", "devices", "check_device", "precision_unsupported", "precision_context", "MemoryProbe",
            "matmul_peak_tflops", "device_info", "versions"]
 
 _DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 
 
+def set_threads(n: int | None) -> int | None:
+    """MLX has no thread-count switch; returns None and changes nothing."""
+    return None
+
+
 def devices() -> list[str]:
     """MLX devices usable here, best first (``gpu`` on Metal or CUDA builds, then ``cpu``)."""
-    gpu = mx.metal.is_available() or (hasattr(mx, "cuda") and mx.cuda.is_available())
-    return ["gpu", "cpu"] if gpu else ["cpu"]
+    from mpcourse.engines.mlx_engine import mlx_devices
+
+    return mlx_devices()
 
 
 def check_device(device: str) -> str:
-    """The concrete device for ``device`` (``"auto"`` resolved), or a ValueError naming what exists."""
-    if device == "auto":
-        return devices()[0]
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"unknown mlx device {device!r}; use 'auto', 'cpu' or 'gpu'")
-    if device not in devices():
-        raise ValueError(f"mlx device {device!r} is not available here (available: "
-                         f"{', '.join(devices())})")
-    return device
+    """The concrete device (``"gpu"``/``"cpu"``) for ``device``; the MLX engine's errors otherwise."""
+    from mpcourse.engines.mlx_engine import resolve_device
+
+    return "gpu" if resolve_device(device).type == mx.DeviceType.gpu else "cpu"
 
 
 def precision_unsupported(device: str, precision: str) -> str | None:
