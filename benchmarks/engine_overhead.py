@@ -5,6 +5,7 @@ Usage::
     PYTHONPATH=. python benchmarks/engine_overhead.py                 # fp32 and fp16 AMP on the best device
     PYTHONPATH=. python benchmarks/engine_overhead.py --device cpu --precisions fp32 --rounds 7
     PYTHONPATH=. python benchmarks/engine_overhead.py --fused on      # both sides with a fused optimizer
+    PYTHONPATH=. python benchmarks/engine_overhead.py --threads 1     # on a CPU shared with other jobs
 
 Both sides train the same model (784-1024-1024-10 MLP by default, identical initial weights)
 on the same data in the same batch order (the engine's: ``default_rng([seed, epoch])``
@@ -123,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8, help="steps per block")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--fused", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--target", type=float, default=0.05, help="allowed overhead (0.05 = 5%%)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     precisions = [v.strip() for v in args.precisions.split(",")]
     for prec in precisions:
         if prec not in DTYPES:
