@@ -141,7 +141,15 @@ class LSTMClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x.view(-1, self.side, self.side))
+        x = x.view(-1, self.side, self.side)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+                and torch.get_autocast_dtype("cpu") == torch.float16:
+            # oneDNN has no fp16 LSTM kernel on CPUs without AVX512-FP16 ("could not create a
+            # primitive descriptor"): on the CPU the recurrence runs in fp32 under fp16 autocast.
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.lstm(x.float())
+        else:
+            out, _ = self.lstm(x)
         return self.head(out[:, -1])
 
 

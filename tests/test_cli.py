@@ -1,0 +1,52 @@
+"""The `mpcourse` command: demo (the main job) and doctor."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytest.importorskip("torch")
+
+from mpcourse.cli import main  # noqa: E402
+from mpcourse.demo import run_demo  # noqa: E402
+
+
+def test_demo_prints_epochs_comparison_and_writes_a_report(tmp_path, capsys) -> None:
+    assert main(["demo", "--epochs", "2", "--device", "cpu", "--report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for label in ("fp32", "fp16", "bf16"):
+        assert re.search(rf"\[{label}\]\s+2\s+\d+\.\d{{4}}\s+\d+\.\d{{3}}", out), out  # epoch 2 row
+        assert re.search(rf"^\s+{label}\s+\d+\.\d{{3}}\s", out, re.M), out               # comparison row
+    assert re.search(r"fp16 .*\d\.\d\dx (faster|slower)", out)
+    report = next(tmp_path.glob("demo-*.html"))
+    text = report.read_text()
+    assert str(report.resolve()) in out
+    assert "Plotly.newPlot" in text and text.count("plotly-graph-div") == 3
+
+
+def test_demo_result_is_measured_and_consistent(tmp_path) -> None:
+    res = run_demo(device="cpu", epochs=1, report=None, out=open(tmp_path / "log.txt", "w"))
+    rows = {r["precision"]: r for r in res.rows}
+    assert set(rows) == {"fp32", "fp16", "bf16"}
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0 and rows["fp32"]["accuracy_diff_points"] == 0.0
+    for label, r in rows.items():
+        hist = res.histories[label]
+        assert r["seconds"] == hist.total_seconds > 0
+        assert r["skipped_steps"] == hist.skipped_steps and r["final_scale"] == hist.records[-1].scale
+    assert rows["fp16"]["final_scale"] > 1.0 and rows["bf16"]["final_scale"] == 1.0
+
+
+def test_demo_bad_arguments(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--model", "resnet"])
+    assert "invalid choice: 'resnet'" in capsys.readouterr().err
+    assert main(["demo", "--epochs", "0", "--no-report"]) == 2
+    assert "epochs must be an int >= 1, got 0" in capsys.readouterr().err
+
+
+def test_doctor_checks_each_precision_for_real(capsys) -> None:
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for precision in ("fp32", "fp16", "bf16"):
+        assert re.search(rf"torch:cpu\s+{precision}: ok \(loss \d\.\d+ -> \d\.\d+\)", out), out
