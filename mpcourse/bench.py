@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass
