@@ -56,12 +56,13 @@ PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
 SCHEMA = 1
 
 #: Named grids. "default" finishes in under 2 minutes on a 2-core CPU; "gpu" is the grid the
-#: course's recorded GPU results come from (the large MLP at batch >= 512 and the transformers).
+#: course's recorded GPU results come from (the large MLP at batch >= 512 and the transformers),
+#: on CUDA: an error before anything runs where there is none (``--devices mps`` on a Mac).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"models": ("mlp", "transformer"), "batches": (128,), "steps": 10, "warmup": 2,
                 "max_case_seconds": 4.0},
-    "gpu": {"models": ("mlp:large", "transformer", "transformer:large", "mlp"), "batches": (512, 1024),
-            "steps": 50, "warmup": 10, "max_case_seconds": 20.0},
+    "gpu": {"backends": ("torch",), "devices": ("cuda",), "models": ("mlp:large", "transformer", "transformer:large", "mlp"),
+            "batches": (512, 1024), "steps": 50, "warmup": 10, "max_case_seconds": 20.0},
     "tiny": {"models": ("mlp",), "batches": (32,), "steps": 3, "warmup": 1, "max_case_seconds": 2.0,
              "num_features": 64, "matmul_peak": False},
 }
@@ -296,10 +297,11 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r["backend"], r["device"], r["model"], r["size"], r["width"], r["batch"])
 
-    fp32 = {key(r): r["step_time_s"] for r in rows if r["status"] == "ok" and r["precision"] == "fp32"}
-    for r in rows:
-        base = fp32.get(key(r)) if r["status"] == "ok" else None
-        r["speedup_vs_fp32"] = base / r["step_time_s"] if base else None
+    for ref in ("fp32", "tf32"):
+        base_of = {key(r): r["step_time_s"] for r in rows if r["status"] == "ok" and r["precision"] == ref}
+        for r in rows:
+            base = base_of.get(key(r)) if r["status"] == "ok" else None
+            r[f"speedup_vs_{ref}"] = base / r["step_time_s"] if base else None
 
 
 def _progress(enabled: bool | None) -> bool:
@@ -394,12 +396,15 @@ def _fmt_bytes(n: float | None) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table: configuration | samples/s | peak memory | step time | speedup vs fp32 | TFLOP/s."""
-    head = ("configuration", "samples/s", "peak memory", "step time", "vs fp32", "TFLOP/s (of peak)")
+    """A plain-text table: configuration | samples/s | peak memory | step time | speedup vs fp32 | TFLOP/s,
+    and speedup vs tf32 when the rows have tf32 (CUDA)."""
+    tf32 = any(r.get("speedup_vs_tf32") for r in rows)
+    head = ("configuration", "samples/s", "peak memory", "step time", "vs fp32", "TFLOP/s (of peak)") + (
+        ("vs tf32",) if tf32 else ())
     lines = [head]
     for r in rows:
         if r["status"] != "ok":
-            lines.append((r["label"], "error", r["error"][:60], "", "", ""))
+            lines.append((r["label"], "error", r["error"][:60], "", "", "") + (("",) if tf32 else ()))
             continue
         mem = r["peak_memory_bytes"]
         if r["memory_kind"].startswith("process_rss"):
@@ -409,8 +414,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         sp = r.get("speedup_vs_fp32")
         tf = r.get("achieved_tflops")
         tf_s = "-" if tf is None else f"{tf:.3g}" + (f" ({r['peak_fraction']:.0%})" if r.get("peak_fraction") else "")
+        sp32 = r.get("speedup_vs_tf32")
         lines.append((r["label"], f"{r['samples_per_s']:,.0f}", mem_s, f"{r['step_time_s'] * 1e3:.2f} ms",
-                      "-" if sp is None else f"{sp:.2f}x", tf_s))
+                      "-" if sp is None else f"{sp:.2f}x", tf_s) + (("-" if not sp32 else f"{sp32:.2f}x",) if tf32 else ()))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "-+-".join("-" * w for w in widths))

@@ -240,3 +240,20 @@ def test_threads_are_applied_recorded_and_restored() -> None:
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be None or an int >= 1"):
         bench.BenchGrid(**{**TINY, "threads": 0})
+
+
+def test_speedup_vs_tf32_column_when_tf32_rows_exist(tiny_rows: list[dict]) -> None:
+    # tf32 rows can only be measured on CUDA; relabel a measured fp32 row to test the bookkeeping.
+    rows = [dict(r) for r in tiny_rows] + [{**tiny_rows[0], "precision": "tf32", "label": "x tf32",
+                                           "step_time_s": tiny_rows[0]["step_time_s"] / 2}]
+    bench._add_speedups(rows)
+    assert rows[2]["speedup_vs_fp32"] == pytest.approx(2.0) and rows[1]["speedup_vs_tf32"] == pytest.approx(
+        rows[2]["step_time_s"] / rows[1]["step_time_s"])
+    assert bench.format_table(rows).splitlines()[0].rstrip().endswith("vs tf32")
+    assert "vs tf32" not in bench.format_table(tiny_rows)
+
+
+def test_gpu_preset_needs_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert bench.bench_main(["--preset", "gpu", "--no-save"]) == 2
