@@ -20,6 +20,17 @@ from mpcourse.scaler import DynamicLossScaler, StaticLossScaler
 
 __version__ = "0.1.0"
 
+# Submodules that pull in plotly/ipywidgets or are only needed by some notebooks load on first use.
+_LAZY = ("bench", "course", "debug", "demo", "memory", "plots", "production", "site", "widgets")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"mpcourse.{name}")
+    raise AttributeError(f"module 'mpcourse' has no attribute {name!r}")
+
 __all__ = [
     "DynamicLossScaler",
     "History",

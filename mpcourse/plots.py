@@ -22,8 +22,7 @@ import plotly.graph_objects as go
 
 from mpcourse.engines.base import History
 
-__all__ = ["loss_curves", "scale_trajectory", "time_bars", "smooth", "throughput_bars", "memory_bars",
-           "speedup_lines", "memory_breakdown_bars"]
+__all__ = ["loss_curves", "scale_trajectory", "time_bars", "smooth", "history_panels"]
 
 LOSS_AXIS = "training loss (cross-entropy, nats)"
 STEP_AXIS = "optimizer step"
@@ -82,7 +81,162 @@ def time_bars(seconds: Mapping[str, float], title: str = "Training time by preci
     return fig
 
 
+# --- notebook 04: gradient clipping ------------------------------------------------------------
+
+__all__ += ["clip_comparison", "grad_norm_history", "clip_order_bars", "recommendation_heatmap"]
+
+GRAD_NORM_AXIS = "global gradient L2 norm, unscaled, before clipping (log axis)"
+
+
+def clip_comparison(histories: Mapping[str, History], window: int = 1,
+                    title: str = "Training with each clipping strategy") -> go.Figure:
+    """Two panels sharing the step axis: the loss (top) and the pre-clip gradient norm (bottom),
+    one colour per run; steps where the policy acted are dotted on the norm panel."""
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("training loss", "gradient norm (dots: steps the policy clipped)"))
+    for i, (name, hist) in enumerate(histories.items()):
+        color = qualitative.Plotly[i % len(qualitative.Plotly)]
+        steps = hist.column("step")
+        fig.add_trace(go.Scatter(x=steps, y=smooth(hist.losses, window), mode="lines", name=name,
+                                 legendgroup=name, line=dict(color=color)), row=1, col=1)
+        norms = hist.grad_norms
+        fig.add_trace(go.Scatter(x=steps, y=np.where(np.isfinite(norms), norms, np.nan), mode="lines",
+                                 name=f"{name} norm", legendgroup=name, showlegend=False,
+                                 line=dict(color=color, width=1)), row=2, col=1)
+        hit = hist.column("clipped").astype(bool) if len(hist) else np.zeros(0, bool)
+        fig.add_trace(go.Scatter(x=steps[hit], y=norms[hit], mode="markers", name=f"{name} clipped",
+                                 legendgroup=name, showlegend=False,
+                                 marker=dict(color=color, size=4)), row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=560)
+    fig.update_yaxes(title_text="loss (cross-entropy, nats)", row=1, col=1)
+    fig.update_yaxes(title_text="grad L2 norm (log axis)", type="log", row=2, col=1)
+    fig.update_xaxes(title_text=STEP_AXIS, row=2, col=1)
+    return fig
+
+
+def grad_norm_history(history: History, threshold: float | Sequence[float] | None = None,
+                      name: str = "run", title: str | None = None) -> go.Figure:
+    """A run's pre-clip gradient norm per step (log axis) with the clipping threshold drawn.
+
+    Args:
+        history: the run.
+        threshold: a constant (ClipByNorm's ``max_norm``), one value per step (AutoClip's
+            moving percentile, e.g. from :func:`mpcourse.clip_study.thresholds`), or None.
+        name: the run's name, for the legend.
+        title: default ``"Gradient norm per step: <name>"``.
+    """
+    steps, norms = history.column("step"), history.grad_norms
+    fig = go.Figure(go.Scatter(x=steps, y=np.where(np.isfinite(norms), norms, np.nan), mode="lines",
+                               name=f"{name}: gradient norm"))
+    hit = history.column("clipped").astype(bool) if len(history) else np.zeros(0, bool)
+    if hit.any():
+        fig.add_trace(go.Scatter(x=steps[hit], y=norms[hit], mode="markers", name="clipped step",
+                                 marker=dict(color="crimson", size=5)))
+    if threshold is not None:
+        thr = np.broadcast_to(np.asarray(threshold, dtype=float), (len(history),))
+        fig.add_trace(go.Scatter(x=steps, y=thr, mode="lines", name="threshold",
+                                 line=dict(color="black", dash="dash")))
+    fig.update_layout(title=title or f"Gradient norm per step: {name}", xaxis_title=STEP_AXIS,
+                      yaxis_title=GRAD_NORM_AXIS, template="plotly_white")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def clip_order_bars(effect: Mapping[str, float], title: str | None = None) -> go.Figure:
+    """Bars from ``clip_order_effect``: the gradient norm before clipping, after the right order
+    (unscale, then clip) and after the wrong one (clip, then unscale), on a log axis."""
+    labels = ["before clipping", "unscale, then clip (right)", "clip, then unscale (wrong)"]
+    vals = [effect["grad_norm"], effect["norm_correct"], effect["norm_wrong"]]
+    fig = go.Figure(go.Bar(x=labels, y=vals, text=[f"{v:.3g}" for v in vals], textposition="outside",
+                           marker_color=["gray", "seagreen", "crimson"]))
+    fig.update_layout(title=title or f"Clipping order at loss scale {effect['scale']:g}: the wrong order "
+                      f"shrinks the update {effect['shrink']:.3g}x",
+                      xaxis_title="gradient", yaxis_title="gradient L2 norm (log axis)",
+                      template="plotly_white")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def recommendation_heatmap(rows: Sequence[Mapping[str, object]], strategies: Sequence[str],
+                           title: str = "Final training loss by model and clipping strategy (measured)") -> go.Figure:
+    """Heatmap of ``loss_<strategy>`` per model row (from :func:`mpcourse.clip_study.recommend`),
+    each cell labelled with its value and the recommended strategy starred."""
+    models = [str(r["model"]) for r in rows]
+    z = [[float(r[f"loss_{s}"]) for s in strategies] for r in rows]  # type: ignore[arg-type]
+    text = [[f"{v:.3f}{' *' if r['best'] == s else ''}" for v, s in zip(zrow, strategies)]
+            for zrow, r in zip(z, rows)]
+    fig = go.Figure(go.Heatmap(z=z, x=list(strategies), y=models, text=text, texttemplate="%{text}",
+                               colorscale="Viridis", reversescale=True,
+                               colorbar=dict(title="loss (nats)")))
+    fig.update_layout(title=title, xaxis_title="clipping strategy (* = recommended)",
+                      yaxis_title="model", template="plotly_white")
+    return fig
+
+
+# --- notebook 05 (debugging) -----------------------------------------------------------------------
+
+def history_panels(history: History, findings: Sequence[object] = (), step: int | None = None,
+                   title: str | None = None) -> go.Figure:
+    """Loss, loss scale and gradient norm of one run, stacked on a shared step axis.
+
+    Steps whose loss is NaN/inf are marked on the loss panel (at the top), overflowed (skipped)
+    steps on the scale panel, and the steps each finding of :func:`mpcourse.debug.diagnose`
+    points at on the loss panel; ``step`` draws a vertical line at one step.
+
+    Usage::
+
+        fig = plots.history_panels(hist, mpc.debug.diagnose(hist), step=12)
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    steps = history.column("step") if len(history) else np.zeros(0, int)
+    loss, scales, norms = history.losses, history.scales, history.grad_norms
+    ok = np.isfinite(loss)
+    fig.add_trace(go.Scatter(x=steps[ok], y=loss[ok], mode="lines", name="loss (finite)"), row=1, col=1)
+    top = float(np.max(loss[ok])) if ok.any() else 1.0
+    if (~ok).any():
+        fig.add_trace(go.Scatter(x=steps[~ok], y=np.full(int((~ok).sum()), top), mode="markers",
+                                 name="loss NaN/inf", marker=dict(symbol="x", color="crimson", size=8)),
+                      row=1, col=1)
+    for f in findings:
+        mark = np.isin(steps, list(getattr(f, "steps", ())))
+        if mark.any():
+            y = np.where(ok[mark], loss[mark], top)
+            fig.add_trace(go.Scatter(x=steps[mark], y=y, mode="markers", name=f"finding: {f.kind}",
+                                     marker=dict(symbol="circle-open", size=11)), row=1, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=scales, mode="lines", line_shape="hv", name="loss scale"), row=2, col=1)
+    bad = history.column("found_inf").astype(bool) if len(history) else np.zeros(0, bool)
+    if bad.any():
+        fig.add_trace(go.Scatter(x=steps[bad], y=scales[bad], mode="markers", name="overflow (step skipped)",
+                                 marker=dict(symbol="x", size=8, color="crimson")), row=2, col=1)
+    good = np.isfinite(norms) & (norms > 0)
+    fig.add_trace(go.Scatter(x=steps[good], y=norms[good], mode="lines", name="grad norm (finite, > 0)"),
+                  row=3, col=1)
+    zero = norms == 0
+    if zero.any():
+        floor = float(norms[good].min()) if good.any() else 1e-12
+        fig.add_trace(go.Scatter(x=steps[zero], y=np.full(int(zero.sum()), floor), mode="markers",
+                                 name="grad norm exactly 0", marker=dict(symbol="triangle-down", size=7)),
+                      row=3, col=1)
+    if step is not None:
+        fig.add_vline(x=step, line_dash="dot", line_color="gray")
+    name = title or (f"Run inspector: {history.meta.get('model', '?')} "
+                     f"{history.meta.get('precision', '?')}, scaling {history.meta.get('scaling', '?')}")
+    fig.update_layout(title=name, template="plotly_white", height=620)
+    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
+    fig.update_yaxes(title_text="loss scale (log axis)", type="log", row=2, col=1)
+    fig.update_yaxes(title_text="grad norm (unscaled, log axis)", type="log", row=3, col=1)
+    fig.update_xaxes(title_text=STEP_AXIS, row=3, col=1)
+    return fig
+
+
 # --- benchmark figures (notebook 03): rows are mpcourse.bench result dicts ----------------------
+
+__all__ += ["throughput_bars", "memory_bars", "speedup_lines", "memory_breakdown_bars"]
 _PRECISION_ORDER = ("fp32", "tf32", "bf16", "fp16")
 _PRECISION_COLORS = {"fp32": "#4C78A8", "tf32": "#72B7B2", "bf16": "#F58518", "fp16": "#E45756"}
 

@@ -227,6 +227,16 @@ class Engine(ABC):
     def scale(self) -> float:
         """The loss scale the next step will use (1.0 without scaling)."""
 
+    @property
+    def clip_state(self) -> Any:
+        """The clipping policy's running state (AutoClip's norm history), or None.
+
+        Made on first use from ``config.clip.new_state()``; saved in :meth:`state_dict`.
+        """
+        if getattr(self, "_clip_state", None) is None and self.config.clip is not None:
+            self._clip_state = self.config.clip.new_state()
+        return getattr(self, "_clip_state", None)
+
     # --- shared behaviour -------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Backend, device, model and precision, as written into each History's meta."""
@@ -339,7 +349,8 @@ class Engine(ABC):
         """Everything needed to continue exactly: framework state plus the data position."""
         return {"backend": self.backend, "model": self.model_name, "precision": self.config.precision,
                 "config": self.config.to_dict(), "step": self.step, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "framework": self._framework_state()}
+                "batch_in_epoch": self.batch_in_epoch, "framework": self._framework_state(),
+                "clip": None if self.clip_state is None else self.clip_state.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; a state from another backend or model is refused."""
@@ -350,6 +361,10 @@ class Engine(ABC):
                 raise ValueError(f"state_dict was saved from {key}={state.get(key)!r}, "
                                  f"this engine has {key}={mine!r}")
         self._load_framework_state(state["framework"])
+        if self.clip_state is not None:
+            self._clip_state = self.config.clip.new_state()  # a state without one starts afresh
+            if state.get("clip") is not None:
+                self._clip_state.load_state_dict(state["clip"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
 

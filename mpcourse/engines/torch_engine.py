@@ -216,7 +216,7 @@ class TorchEngine(Engine):
             return False
         from mpcourse.engines.torch_clip import apply_clip
 
-        return apply_clip(self.config.clip, self.model, grads, grad_norm)
+        return apply_clip(self.config.clip, self, grads, grad_norm)
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         xt, yt = self._tensors(x, y)
