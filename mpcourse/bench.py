@@ -533,6 +533,11 @@ def bench_main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as err:
         print(f"mpcourse bench: error: {err}", file=sys.stderr)
         return 2
+    load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
+    if load > 0.75 * cores:
+        print(f"warning: this machine is busy (1-min load average {load:.1f} on {cores} cores): CPU timings "
+              f"will be noisy{'' if grid.threads == 1 else '; --threads 1 steadies them'}. The load is "
+              f"recorded with the results.", file=sys.stderr)
     t0 = time.perf_counter()
     rows = run_grid(grid, progress=False if ns.no_progress else None)
     print(format_table(rows))

@@ -257,3 +257,25 @@ def test_gpu_preset_needs_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     assert bench.bench_main(["--preset", "gpu", "--no-save"]) == 2
+
+
+def _overhead_module():  # benchmarks/ is not a package: load the script by path
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "engine_overhead.py"
+    spec = importlib.util.spec_from_file_location("engine_overhead", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def test_engine_overhead_script_does_the_same_work_as_the_plain_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    mod, threads = _overhead_module(), torch.get_num_threads()
+    try:
+        rc = mod.main(["--device", "cpu", "--features", "64", "--hidden", "32", "--batch", "16", "--rounds", "2",
+                       "--steps", "2", "--warmup", "1", "--precisions", "fp32,fp16", "--threads", "1",
+                       "--target", "100"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("max |loss diff| 0.00e+00") == 2 and "ratio" in out
