@@ -279,3 +279,16 @@ def test_engine_overhead_script_does_the_same_work_as_the_plain_loop(capsys: pyt
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert rc == 0 and out.count("max |loss diff| 0.00e+00") == 2 and "ratio" in out
+
+
+def test_mlx_rows_when_mlx_is_here() -> None:
+    pytest.importorskip("mlx.core")
+    if bench._backend_missing("mlx"):
+        pytest.skip(bench._backend_missing("mlx"))
+    rows = bench.run_grid(bench.BenchGrid(**{**TINY, "backends": ("mlx",), "threads": None}), progress=False)
+    assert [(r["backend"], r["device"], r["precision"], r["status"]) for r in rows] == [
+        ("mlx", "cpu", "fp32", "ok"), ("mlx", "cpu", "bf16", "ok")]
+    assert all(r["memory_kind"] == "mlx_peak_memory" and r["peak_memory_bytes"] > 0 for r in rows)
+    assert rows[0]["versions"]["mlx"] and rows[1]["speedup_vs_fp32"] > 0
+    with pytest.raises(ValueError, match="unknown MLX device 'cuda:0'"):
+        bench.plan(bench.BenchGrid(**{**TINY, "backends": ("mlx",), "devices": ("cuda:0",)}))
