@@ -319,7 +319,7 @@ def memory_bars(estimates: Mapping[str, object], title: str = "Estimated trainin
 
 # --- benchmark figures (notebook 03): rows are mpcourse.bench result dicts ----------------------
 
-__all__ += ["throughput_bars", "memory_bars", "speedup_lines", "memory_breakdown_bars"]
+__all__ += ["throughput_bars", "peak_memory_bars", "speedup_lines", "memory_breakdown_bars"]
 _PRECISION_ORDER = ("fp32", "tf32", "bf16", "fp16")
 _PRECISION_COLORS = {"fp32": "#4C78A8", "tf32": "#72B7B2", "bf16": "#F58518", "fp16": "#E45756"}
 
@@ -349,7 +349,7 @@ def throughput_bars(rows: Sequence[Mapping[str, object]], title: str = "Training
     return fig
 
 
-def memory_bars(rows: Sequence[Mapping[str, object]], title: str = "Peak training memory by precision") -> go.Figure:
+def peak_memory_bars(rows: Sequence[Mapping[str, object]], title: str = "Peak training memory by precision") -> go.Figure:
     """Grouped bars of the memory each configuration added over its baseline (MiB), by precision.
 
     The baseline is what the process (CPU), the allocator (CUDA, MLX) held before the model was

@@ -204,7 +204,7 @@ def test_throughput_and_memory_bars() -> None:
     assert [t.name for t in fig.data] == ["fp32", "fp16"]  # fp32 first, whatever the row order
     assert list(fig.data[1].y) == [50.0] and list(fig.data[1].text) == ["0.50x"]
     assert fig.layout.title.text and "samples/s" in fig.layout.yaxis.title.text and fig.layout.xaxis.title.text
-    mem = plots.memory_bars(rows)
+    mem = plots.peak_memory_bars(rows)
     assert [list(t.y) for t in mem.data] == [[4.0], [2.0]] and "MiB" in mem.layout.yaxis.title.text
 
 
