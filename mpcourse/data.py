@@ -7,6 +7,8 @@ Usage::
     ds = mpc.data.load("digits", seed=0)      # scikit-learn's bundled 8x8 digits, no download
     ds.x_train.shape, ds.num_classes           # ((1437, 64), 10)
     ds = mpc.data.load("synthetic", seed=0)   # 784 inputs, 10 classes, Gaussian class clusters
+    ds = mpc.data.load("underflow")           # digits with a loss in small units: fp16 needs scaling
+    ds.meta["loss_weight"]                     # 2**-20: train on loss_weight * cross-entropy
     mpc.data.available()                       # the names load() accepts
 """
 
@@ -17,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Dataset", "load", "available", "register", "validate_xy"]
+__all__ = ["Dataset", "load", "available", "register", "validate_xy", "underflow_batch_threshold"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,44 @@ def _synthetic(seed: int, n_train: int = 4096, n_test: int = 1024, features: int
                    f"{features} inputs, {classes} classes, each a mixture of {clusters} Gaussian clusters")
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits, "synthetic": _synthetic}
+def _underflow(seed: int, loss_weight: float = 2.0**-20, n_train: int = 1408) -> Dataset:
+    # The digits, trained on loss_weight * cross-entropy. The per-element gradient of a mean
+    # cross-entropy is (p - onehot) / batch, at most 1 / batch in size; times 2**-20 it is at
+    # most 2**-26 for batches of 64, below 2**-25, half of fp16's smallest subnormal, so every
+    # logit gradient rounds to zero in fp16 -- while fp32 (and Adam, which divides the
+    # gradient's scale away) trains as usual. Real networks reach this regime through depth and
+    # losses averaged over many elements; a small unit makes it total and deterministic.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    w = float(loss_weight)
+    if not (np.isfinite(w) and w > 0):
+        raise ValueError(f"loss_weight must be a finite number > 0, got {loss_weight!r}")
+    bunch = load_digits()
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 10 <= n_train <= len(bunch.target) - 10:
+        raise ValueError(f"n_train must be an int in [10, {len(bunch.target) - 10}], got {n_train!r}")
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    # 1408 = 22 * 64 training samples: every batch of 64 (or 32, 128) is full, so no short
+    # last batch carries gradients large enough to survive fp16.
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, train_size=n_train, random_state=seed, stratify=y)
+    return Dataset("underflow", x_tr, y_tr, x_te, y_te, 10,
+                   f"digits trained on {w:g} x cross-entropy: its gradients flush to zero in fp16",
+                   {"loss_weight": w, "flush_batch_size": underflow_batch_threshold(w)})
+
+
+def underflow_batch_threshold(loss_weight: float) -> int:
+    """The smallest batch size whose logit gradients all flush to zero in fp16 without scaling.
+
+    A mean cross-entropy over ``B`` samples times ``loss_weight`` has per-element gradients of
+    at most ``loss_weight / B``; fp16 rounds everything up to ``2**-25`` (half its smallest
+    subnormal, ties to even) to zero. ``underflow_batch_threshold(2**-20)`` -> 32.
+    """
+    return int(np.ceil(float(loss_weight) / 2.0**-25))
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits, "synthetic": _synthetic,
+                                               "underflow": _underflow}
 
 
 def register(name: str, loader: Callable[..., Dataset]) -> None:
@@ -127,7 +166,9 @@ def load(name: str = "digits", seed: int = 0, **options: Any) -> Dataset:
     """Load a dataset by name, deterministically for a given seed.
 
     Args:
-        name: one of :func:`available` (``"digits"``, ``"synthetic"``, ...). Default ``"digits"``.
+        name: one of :func:`available` (``"digits"``, ``"synthetic"``, ``"underflow"``, ...).
+            Default ``"digits"``. ``"underflow"`` is the digits task meant to be trained on
+            ``meta["loss_weight"] * cross-entropy`` (see :func:`mpcourse.engines.losses.cross_entropy`).
         seed: the split (digits) or the generated data (synthetic). Default 0.
         **options: loader-specific, e.g. ``n_train=...`` for synthetic.
     """

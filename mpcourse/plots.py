@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 
 from mpcourse.engines.base import History
 
-__all__ = ["loss_curves", "scale_trajectory", "time_bars", "smooth", "history_panels"]
+__all__ = ["loss_curves", "scale_trajectory", "time_bars", "smooth", "log2_ticks", "history_panels"]
 
 LOSS_AXIS = "training loss (cross-entropy, nats)"
 STEP_AXIS = "optimizer step"
@@ -57,17 +57,34 @@ def scale_trajectory(history: History | Mapping[str, History], title: str = "Los
     """The loss scale (log2 axis) against step, with the overflow (skipped) steps marked."""
     runs = history if isinstance(history, Mapping) else {history.meta.get("precision", "run"): history}
     fig = go.Figure()
-    for name, hist in runs.items():
+    symbols = ("x", "circle-open", "diamond-open", "square-open")
+    for i, (name, hist) in enumerate(runs.items()):
         steps, scales = hist.column("step"), hist.scales
-        fig.add_trace(go.Scatter(x=steps, y=scales, mode="lines", line_shape="hv", name=f"{name} scale"))
+        fig.add_trace(go.Scatter(x=steps, y=scales, mode="lines", line_shape="hv", name=f"{name} scale",
+                                 line=dict(dash=("solid", "dash", "dot", "dashdot")[i % 4])))
         bad = hist.column("found_inf").astype(bool) if len(hist) else np.zeros(0, bool)
         if bad.any():
             fig.add_trace(go.Scatter(x=steps[bad], y=scales[bad], mode="markers", name=f"{name} overflow (step skipped)",
-                                     marker=dict(symbol="x", size=9, color="crimson")))
+                                     marker=dict(symbol=symbols[i % 4], size=10, color="crimson",
+                                                 line=dict(width=2, color="crimson"))))
     fig.update_layout(title=title, xaxis_title=STEP_AXIS, yaxis_title="loss scale (log2 axis)",
                       template="plotly_white")
-    fig.update_yaxes(type="log", dtick=math.log10(2) * 4, exponentformat="power")
+    all_scales = np.concatenate([h.scales for h in runs.values()]) if runs else np.zeros(0)
+    fig.update_yaxes(type="log", **log2_ticks(all_scales))
     return fig
+
+
+def log2_ticks(values: Sequence[float] | np.ndarray, max_ticks: int = 8) -> dict[str, list]:
+    """``tickvals``/``ticktext`` for a log axis labelled in powers of two (``2^16``), at most
+    ``max_ticks`` of them, covering the positive finite ``values``."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return {}
+    lo, hi = math.floor(math.log2(v.min())), math.ceil(math.log2(v.max()))
+    step = max(1, math.ceil((hi - lo + 1) / max_ticks))
+    ks = list(range(lo, hi + 1, step))
+    return {"tickvals": [2.0**k for k in ks], "ticktext": [f"2^{k}" for k in ks]}
 
 
 def time_bars(seconds: Mapping[str, float], title: str = "Training time by precision (measured here)") -> go.Figure:
@@ -231,6 +248,232 @@ def history_panels(history: History, findings: Sequence[object] = (), step: int 
     fig.update_yaxes(title_text="loss scale (log axis)", type="log", row=2, col=1)
     fig.update_yaxes(title_text="grad norm (unscaled, log axis)", type="log", row=3, col=1)
     fig.update_xaxes(title_text=STEP_AXIS, row=3, col=1)
+    return fig
+
+
+# --- notebooks 01 (fundamentals) and 02 (loss scaling) -------------------------------------------
+
+__all__ += ["NOTEBOOK_RENDERER", "setup_notebook", "bit_layout", "format_ranges", "number_line",
+            "running_sums", "gradient_histogram", "training_curves", "loss_and_scale", "updates_vs_spacing"]
+
+#: The renderer the course notebooks use. ``plotly_mimetype`` gives JupyterLab (and VS Code) the
+#: figure JSON, which plotly's bundled JupyterLab extension draws live; ``notebook_connected``
+#: adds a text/html copy that loads plotly.js from its CDN, which is what nbconvert's HTML
+#: export, the classic notebook and GitHub's nbviewer show. Connected keeps each notebook small
+#: (no 4 MB plotly.js per file); the course-site builder swaps the CDN script for the plotly.js
+#: shipped inside the plotly package, so the site works offline.
+NOTEBOOK_RENDERER = "plotly_mimetype+notebook_connected"
+
+_FIELD_COLORS = {"sign": "#d62728", "exponent": "#1f77b4", "mantissa": "#2ca02c"}
+
+
+def setup_notebook(renderer: str = NOTEBOOK_RENDERER) -> str:
+    """Make ``fig.show()`` and a figure as a cell's value use the course renderer; returns it.
+
+    Usage::
+
+        from mpcourse import plots
+        plots.setup_notebook()        # 'plotly_mimetype+notebook_connected'
+    """
+    import plotly.io as pio
+
+    pio.renderers.default = renderer
+    return renderer
+
+
+def bit_layout(value: float, fmts: Sequence[str] | None = None) -> go.Figure:
+    """One row of bit boxes per format for ``value``: sign, exponent and mantissa fields coloured.
+
+    Usage::
+
+        fig = plots.bit_layout(0.1, ["fp32", "fp16", "bf16"])   # fig.data[0].text holds the bits
+    """
+    from mpcourse import formats
+
+    fmts = list(fmts) if fmts is not None else formats.names()
+    width = max(formats.info(f).bits for f in fmts)
+    fig = go.Figure()
+    for field, color in _FIELD_COLORS.items():
+        xs, ys, texts, hovers = [], [], [], []
+        for f in fmts:
+            info = formats.info(f)
+            pattern = formats.bits(value, f).replace(" ", "")
+            stored = float(formats.round_to(value, f))
+            start = {"sign": 0, "exponent": 1, "mantissa": 1 + info.exponent_bits}[field]
+            stop = {"sign": 1, "exponent": 1 + info.exponent_bits, "mantissa": info.bits}[field]
+            for i in range(start, stop):
+                xs.append(i)
+                ys.append(f)
+                texts.append(pattern[i])
+                hovers.append(f"{f} {field} bit {info.bits - 1 - i}; stored value {stored!r}")
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", name=field, text=texts,
+                                 hovertext=hovers, hoverinfo="text", textfont=dict(color="white", size=11),
+                                 marker=dict(symbol="square", size=17, color=color)))
+    fig.update_layout(title=f"Bit layout of {value!r} in each format (sign, exponent, mantissa)",
+                      xaxis_title="bit position (most significant first; bits)", yaxis_title="format",
+                      template="plotly_white", height=110 + 40 * len(fmts))
+    fig.update_xaxes(range=[-1, width], dtick=4)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def format_ranges(fmts: Sequence[str] | None = None) -> go.Figure:
+    """Where each format's positive values lie: subnormal and normal ranges on a log2 axis."""
+    from mpcourse import formats
+
+    fmts = list(fmts) if fmts is not None else formats.names()
+    fig = go.Figure()
+    for part, color in (("subnormal", "#ff7f0e"), ("normal", "#1f77b4")):
+        xs: list[float | None] = []
+        ys: list[str | None] = []
+        for f in fmts:
+            info = formats.info(f)
+            lo, hi = (info.min_subnormal, info.min_normal) if part == "subnormal" else (info.min_normal, info.max)
+            xs += [math.log2(lo), math.log2(hi), None]
+            ys += [f, f, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{part} values",
+                                 line=dict(width=14, color=color), marker=dict(size=4)))
+    fig.update_layout(title="Range of each format: positive subnormal and normal values",
+                      xaxis_title="log2 of the magnitude (binades)", yaxis_title="format",
+                      template="plotly_white", height=120 + 45 * len(fmts))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def number_line(fmts: Sequence[str], lo: float, hi: float) -> go.Figure:
+    """Every representable value of 8/16-bit formats in ``[lo, hi]``: the gaps grow with magnitude."""
+    from mpcourse import formats
+
+    fig = go.Figure()
+    for f in fmts:
+        vals = formats.representable_values(f, lo, hi)
+        fig.add_trace(go.Scatter(x=vals, y=[f] * len(vals), mode="markers", name=f"{f} ({len(vals)} values)",
+                                 marker=dict(symbol="line-ns-open", size=16)))
+    fig.update_layout(title=f"Representable values between {lo:g} and {hi:g}",
+                      xaxis_title="value (dimensionless)", yaxis_title="format", template="plotly_white",
+                      height=120 + 60 * len(fmts))
+    return fig
+
+
+def running_sums(sums: Mapping[str, Sequence[float]], exact: Sequence[float] | None = None,
+                 title: str = "A long sum of small values, accumulated in each format",
+                 max_points: int = 500) -> go.Figure:
+    """Partial sums against the number of terms, one line per accumulator format.
+
+    Long series are drawn at ``max_points`` evenly spaced terms (the last one always included).
+    """
+    series = dict(sums) if exact is None else {**sums, "exact": exact}
+    fig = go.Figure()
+    for name, s in series.items():
+        v = np.asarray(s, dtype=float)
+        idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), max_points)).astype(int))
+        line = dict(dash="dot", color="black") if (exact is not None and name == "exact") else None
+        fig.add_trace(go.Scatter(x=idx + 1, y=v[idx], mode="lines", name=name, line=line))
+    fig.update_layout(title=title, xaxis_title="terms added (count)", yaxis_title="running sum (dimensionless)",
+                      template="plotly_white")
+    return fig
+
+
+def gradient_histogram(values: Sequence[float] | np.ndarray, fmt: str = "fp16",
+                       title: str = "Gradient magnitudes") -> go.Figure:
+    """Histogram of log2 |gradient| with ``fmt``'s normal and subnormal ranges shaded.
+
+    The title reports the share of nonzero gradients that ``fmt`` flushes to zero and the share
+    it keeps only as subnormals (computed with :mod:`mpcourse.formats`).
+    """
+    from mpcourse import formats
+
+    g = np.asarray(values, dtype=np.float64).ravel()
+    nz = g[(g != 0) & np.isfinite(g)]
+    info = formats.info(fmt)
+    under = float(formats.underflow_mask(nz, fmt).mean()) if len(nz) else 0.0
+    sub = float(formats.subnormal_mask(nz, fmt).mean()) if len(nz) else 0.0
+    logs = np.log2(np.abs(nz)) if len(nz) else np.zeros(0)
+    lo = math.floor(min(logs.min(), math.log2(info.min_subnormal)) if len(nz) else -30) - 1
+    hi = math.ceil(max(logs.max(), 0.0) if len(nz) else 0.0) + 1
+    # Binned here (one bar per binade), so the figure carries counts, not every gradient.
+    counts, edges = np.histogram(logs, bins=np.arange(lo, hi + 1))
+    fig = go.Figure(go.Bar(x=edges[:-1] + 0.5, y=counts, width=0.95, name="gradients", marker_color="#444",
+                           hovertemplate="binade [2^%{customdata}, 2^(%{customdata}+1)): %{y} values<extra></extra>",
+                           customdata=edges[:-1].astype(int)))
+    fig.add_vrect(x0=math.log2(info.min_normal), x1=min(math.log2(info.max), hi), fillcolor="#1f77b4",
+                  opacity=0.15, line_width=0, annotation_text=f"{fmt} normal", annotation_position="top left")
+    fig.add_vrect(x0=math.log2(info.min_subnormal), x1=math.log2(info.min_normal), fillcolor="#ff7f0e",
+                  opacity=0.2, line_width=0, annotation_text=f"{fmt} subnormal", annotation_position="top left")
+    fig.add_vrect(x0=lo, x1=math.log2(info.min_subnormal) - 1, fillcolor="crimson", opacity=0.12, line_width=0,
+                  annotation_text="flushed to 0", annotation_position="bottom left")
+    fig.update_layout(title=f"{title}: {under:.2%} flush to zero in {fmt}, {sub:.2%} become subnormal",
+                      xaxis_title="log2 |gradient| (binade)", yaxis_title="number of gradient values (count)",
+                      template="plotly_white", bargap=0.05, showlegend=False)
+    return fig
+
+
+def training_curves(runs: Mapping[str, object], title: str = "Training loss by run") -> go.Figure:
+    """Loss in nats per step for named :class:`mpcourse.runs.Run` objects (loss weight divided out)."""
+    fig = go.Figure()
+    for name, run in runs.items():
+        hist = run.history  # type: ignore[attr-defined]
+        fig.add_trace(go.Scatter(x=hist.column("step"), y=run.losses, mode="lines", name=name))  # type: ignore[attr-defined]
+    fig.update_layout(title=title, xaxis_title=STEP_AXIS, yaxis_title=LOSS_AXIS, template="plotly_white")
+    return fig
+
+
+def loss_and_scale(history: History | None = None, loss_weight: float = 1.0,
+                   title: str = "Loss and loss scale per step") -> go.Figure:
+    """Two stacked panels sharing the step axis: loss (nats) on top, the scale (log2) below.
+
+    Traces, in order: loss, scale, overflow markers (steps with inf/nan gradients, skipped).
+    With ``history=None`` the traces are empty (a figure for a widget to fill).
+    """
+    from plotly.subplots import make_subplots
+
+    steps = history.column("step") if history is not None and len(history) else np.zeros(0)
+    loss = history.losses / loss_weight if history is not None and len(history) else np.zeros(0)
+    scale = history.scales if history is not None and len(history) else np.zeros(0)
+    bad = history.column("found_inf").astype(bool) if history is not None and len(history) else np.zeros(0, bool)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    fig.add_trace(go.Scatter(x=steps, y=loss, mode="lines", name="loss"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name="loss scale"), row=2, col=1)
+    fig.add_trace(go.Scatter(x=steps[bad], y=scale[bad], mode="markers", name="overflow (step skipped)",
+                             marker=dict(symbol="x", size=9, color="crimson")), row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=480)
+    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)  # short: two stacked axis titles
+    fig.update_yaxes(title_text="loss scale (log2)", type="log", row=2, col=1, **log2_ticks(scale))
+    fig.update_xaxes(title_text=STEP_AXIS, row=2, col=1)
+    return fig
+
+
+def updates_vs_spacing(weights: Sequence[float] | np.ndarray, updates: Sequence[float] | np.ndarray,
+                       fmt: str = "fp16", max_points: int = 1500,
+                       title: str = "Weight updates against the format's spacing") -> go.Figure:
+    """|update| against |weight| (log-log), with half of ``fmt``'s spacing drawn as the line
+    below which an update added to a weight stored in ``fmt`` is lost (rounds back)."""
+    from mpcourse import formats
+
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    u = np.asarray(updates, dtype=np.float64).ravel()
+    if w.shape != u.shape:
+        raise ValueError(f"weights and updates must have the same size, got {w.size} and {u.size}")
+    keep = (w != 0) & (u != 0) & np.isfinite(w) & np.isfinite(u)
+    w, u = w[keep], u[keep]
+    lost = formats.lost_update_mask(w, u, fmt)
+    share = float(lost.mean()) if len(lost) else 0.0
+    if len(w) > max_points:  # thin the scatter evenly; the share above uses every point
+        idx = np.linspace(0, len(w) - 1, max_points).astype(int)
+        w, u, lost = w[idx], u[idx], lost[idx]
+    fig = go.Figure()
+    for mask, name, color in ((~lost, "update kept", "#2ca02c"), (lost, f"update lost in {fmt}", "crimson")):
+        fig.add_trace(go.Scatter(x=np.abs(w[mask]), y=np.abs(u[mask]), mode="markers", name=name,
+                                 marker=dict(size=4, color=color, opacity=0.6)))
+    if len(w):
+        grid = np.logspace(np.log10(np.abs(w).min()), np.log10(np.abs(w).max()), 200)
+        fig.add_trace(go.Scatter(x=grid, y=formats.spacing(grid, fmt) / 2, mode="lines",
+                                 name=f"half the {fmt} spacing", line=dict(color="black", dash="dash")))
+    fig.update_layout(title=f"{title}: {share:.1%} of updates lost in {fmt}",
+                      xaxis_title="|weight| (dimensionless)", yaxis_title="|update| = |lr x step| (dimensionless)",
+                      template="plotly_white")
+    fig.update_xaxes(type="log", exponentformat="power")
+    fig.update_yaxes(type="log", exponentformat="power")
     return fig
 
 

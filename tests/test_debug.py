@@ -123,14 +123,23 @@ def _head(h: History, n: int) -> History:
     return History(h.records[:n], dict(h.meta))
 
 
-def test_no_speedup_measured_on_cpu(runs: dict[str, History]) -> None:
-    # fp16 autocast on a CPU has no fast units: the measured throughput is not higher.
-    found = debug.diagnose(runs["fp16"], reference=runs["fp32"])
-    assert found.kinds == ["no_speedup"]
-    f = found[0]
-    assert f.values["speedup"] < 1.1 and "CPU" in f.fix
+def test_no_speedup_reads_the_real_timings(runs: dict[str, History]) -> None:
+    # Whether fp16 is faster depends on the machine and its load, so a unit test must not bet on
+    # it (notebook 05 shows the measured verdict). What must hold on any machine: the finding
+    # reports the throughputs the two real runs measured, and fires exactly when the measured
+    # speedup is below the threshold.
+    fp16, fp32 = runs["fp16"], runs["fp32"]
+    f = debug.diagnose(fp16, reference=fp32, min_speedup=1e9)[0]  # a bar no run can clear
+    assert f.kind == "no_speedup"
+    measured = f.values["speedup"]
+    assert measured > 0 and math.isclose(measured, f.values["samples_per_s"] / f.values["reference_samples_per_s"])
+    warm = debug.Thresholds().timing_warmup
+    mine = np.median([r.samples / r.seconds for r in fp16.records[warm:]])
+    assert math.isclose(f.values["samples_per_s"], mine, rel_tol=1e-9)  # the real steps' timings
+    assert debug.diagnose(fp16, reference=fp32, min_speedup=measured * 1.5).kinds == ["no_speedup"]
+    assert debug.diagnose(fp16, reference=fp32, min_speedup=measured * 0.5) == []
     thr = f.values["reference_samples_per_s"]
-    assert debug.diagnose(runs["fp16"], reference_throughput=thr).kinds == ["no_speedup"]
+    assert debug.diagnose(fp16, reference_throughput=thr, min_speedup=measured * 1.5).kinds == ["no_speedup"]
 
 
 def _history(seconds: list[float], precision: str = "fp16", device: str = "cuda") -> History:
