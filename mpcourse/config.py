@@ -72,6 +72,11 @@ class TrainConfig:
         seed: seeds the model's initial weights and the data order. Default 0.
         master_weights: keep fp32 master weights (the mixed-precision recipe). False trains
             the parameters themselves in fp16/bf16, to show what that loses (MLX). Default True.
+        fused: the torch engine's fast path: a fused optimizer (one kernel per step, that
+            also reads GradScaler's inf/nan flag on the device, so skipping a step needs no
+            host sync). None picks it where it pays (CUDA); True asks for it (an error where
+            torch has no fused kernel for the device); False keeps the standard foreach
+            optimizer. Other backends ignore it. Default None.
     """
 
     precision: str = "fp32"
@@ -91,6 +96,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     master_weights: bool = True
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
@@ -123,6 +129,8 @@ class TrainConfig:
         _int("seed", self.seed, 0)
         if not isinstance(self.master_weights, bool):
             raise TypeError(f"master_weights must be a bool, got {self.master_weights!r}")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise TypeError(f"fused must be True, False or None (auto), got {self.fused!r}")
         if self.clip is not None:
             from mpcourse.clipping import ClipPolicy  # local: clipping imports nothing heavy
 

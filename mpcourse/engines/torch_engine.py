@@ -26,6 +26,11 @@ Which scaler runs:
 - a static number, or dynamic with hysteresis or bounds (which GradScaler lacks):
   mpcourse's scaler, with the same fused unscale-and-check kernel GradScaler uses.
 - ``"none"``: no scaling and no skipping; a non-finite step is applied, as in a plain loop.
+
+The fast path (``TrainConfig(fused=True)``; the default on CUDA): a fused optimizer, to which
+GradScaler hands its inf/nan flag as a device tensor, so neither the skip decision nor the
+update waits for the host. The step then syncs once, at its end, to read its record.
+``fused=False`` keeps the standard optimizer, to compare.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from mpcourse.engines.base import Engine
 from mpcourse.engines.torch_models import build_model
 
 __all__ = ["TorchEngine", "torch_devices", "resolve_device", "DeviceUnavailableError", "DTYPES",
-           "sync"]
+           "sync", "use_fused"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -89,6 +94,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def use_fused(choice: bool | None, device: torch.device) -> bool:
+    """Whether the engine builds a fused optimizer (``TrainConfig.fused``) on ``device``.
+
+    ``None`` (auto) means fused on CUDA, where it removes the host sync of GradScaler's skip
+    decision; the CPU keeps the standard optimizer, which plain PyTorch loops use too. ``True``
+    on a device without fused kernels is a ValueError.
+    """
+    if choice is None:
+        return device.type == "cuda"
+    if choice and device.type not in _fused_devices():
+        raise ValueError(f"fused=True: torch {torch.__version__} has no fused optimizer kernels for "
+                         f"device {device.type!r} (it has them for {', '.join(_fused_devices())}); "
+                         f"use fused=None or False")
+    return choice
+
+
+def _fused_devices() -> list[str]:
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # older torch: fused kernels on CUDA only
+        return ["cuda"]
+    return list(_get_fused_kernels_supported_devices())
 
 
 def _default_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -144,11 +173,15 @@ class TorchEngine(Engine):
     # --- construction -----------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c, params = self.config, self.model.parameters()
+        self.fused = use_fused(c.fused, self._device)
+        # fused=None (not False) keeps torch's own default (foreach) on the standard path.
+        kw: dict[str, Any] = {"fused": True} if self.fused else {}
         if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay or 0.0)
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay or 0.0, **kw)
         if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=0.01 if c.weight_decay is None else c.weight_decay)
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay or 0.0)
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=0.01 if c.weight_decay is None else c.weight_decay,
+                                     **kw)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay or 0.0, **kw)
 
     @property
     def scale(self) -> float:
@@ -216,9 +249,14 @@ class TorchEngine(Engine):
         grads = self._grads()
         norm_t = _total_norm(grads)
         clipped = False
-        if not bool(found_t):  # never clip a step that will be skipped
+        # Clipping needs the verdict on the host (never clip a step that will be skipped); without
+        # it the step asks nothing of the device until the record is read.
+        if self.config.clip is not None and not bool(found_t):
             clipped = self._clip_(grads, norm_t)
-        gs.step(self.optimizer)  # skips optimizer.step() when found_inf
+        # Standard optimizer: GradScaler reads found_inf on the host (.item(), a sync) and skips
+        # optimizer.step(). Fused optimizer: GradScaler hands it found_inf as a device tensor and
+        # the kernel itself leaves the parameters (and the step count) alone -- no sync.
+        gs.step(self.optimizer)
         gs.update()
         return scale_t, found_t, norm_t, clipped
 
