@@ -21,7 +21,7 @@ from mpcourse.scaler import DynamicLossScaler, StaticLossScaler
 __version__ = "0.1.0"
 
 # Submodules that pull in plotly/ipywidgets or are only needed by some notebooks load on first use.
-_LAZY = ("bench", "checkpoint", "clip_study", "course", "debug", "demo", "memory", "monitor", "numerics", "plots",
+_LAZY = ("bench", "checkpoint", "clip_study", "course", "debug", "demo", "hardware", "memory", "monitor", "numerics", "plots",
          "production", "runs", "site", "symptoms", "widgets")
 
 

@@ -44,21 +44,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mpcourse._validate import positive_finite
+
 __all__ = ["ClipPolicy", "ClipByNorm", "ClipByValue", "AGC", "AutoClip", "NormHistory",
            "total_norm", "norm_clip_coef", "unitwise_norm", "autoclip_thresholds", "NORM_EPS"]
 
 #: Added to the norm in the rescaling factor, exactly as torch's clip_grad_norm_ and MLX's
 #: optimizers.clip_grad_norm do, so a zero gradient never divides by zero.
 NORM_EPS = 1e-6
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number > 0, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
 
 
 def _as_arrays(grads: Sequence[Any]) -> list[np.ndarray]:
@@ -155,7 +148,7 @@ class ClipByNorm(ClipPolicy):
     norm_type: float = 2.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_norm", _positive("max_norm", self.max_norm))
+        object.__setattr__(self, "max_norm", positive_finite("max_norm", self.max_norm))
         p = self.norm_type
         if isinstance(p, str) and p.lower() in ("inf", "infinity"):
             p = math.inf
@@ -192,7 +185,7 @@ class ClipByValue(ClipPolicy):
     clip_value: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "clip_value", _positive("clip_value", self.clip_value))
+        object.__setattr__(self, "clip_value", positive_finite("clip_value", self.clip_value))
 
     def apply_numpy(self, grads: Sequence[Any], params: Sequence[Any] | None = None,
                     names: Sequence[str] | None = None,
@@ -235,8 +228,8 @@ class AGC(ClipPolicy):
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "clipping", _positive("clipping (lambda)", self.clipping))
-        object.__setattr__(self, "eps", _positive("eps", self.eps))
+        object.__setattr__(self, "clipping", positive_finite("clipping (lambda)", self.clipping))
+        object.__setattr__(self, "eps", positive_finite("eps", self.eps))
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
             raise TypeError(f"exclude must be a tuple of parameter-name prefixes, got {self.exclude!r}")
         object.__setattr__(self, "exclude", tuple(self.exclude))

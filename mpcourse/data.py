@@ -14,10 +14,13 @@ Usage::
 
 from __future__ import annotations
 
+
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from mpcourse._validate import positive_finite
 
 __all__ = ["Dataset", "load", "available", "register", "validate_xy", "underflow_batch_threshold"]
 
@@ -122,9 +125,7 @@ def _underflow(seed: int, loss_weight: float = 2.0**-20, n_train: int = 1408) ->
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    w = float(loss_weight)
-    if not (np.isfinite(w) and w > 0):
-        raise ValueError(f"loss_weight must be a finite number > 0, got {loss_weight!r}")
+    w = positive_finite("loss_weight", loss_weight)
     bunch = load_digits()
     if isinstance(n_train, bool) or not isinstance(n_train, int) or not 10 <= n_train <= len(bunch.target) - 10:
         raise ValueError(f"n_train must be an int in [10, {len(bunch.target) - 10}], got {n_train!r}")

@@ -24,6 +24,7 @@ and is imported only when a detector is called.
 
 from __future__ import annotations
 
+
 import html
 import math
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mpcourse import formats
+from mpcourse._validate import positive_finite
 from mpcourse.symptoms import KINDS, Diagnosis, Finding, Thresholds, diagnose
 
 __all__ = ["diagnose", "Finding", "Diagnosis", "Thresholds", "KINDS", "find_first_nonfinite",
@@ -59,8 +61,7 @@ def underflow_stats(values: Any, *, scale: float = 1.0, fmt: str = "fp16") -> di
         lost), ``underflow`` (the three together: zero or subnormal in ``fmt``), ``overflow``
         (finite, but beyond ``fmt``'s max) and ``nonfinite``; plus ``n``, the count.
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    positive_finite("scale", scale)
     v = np.asarray(values, dtype=np.float64).ravel() * float(scale)
     n = v.size
     if n == 0:

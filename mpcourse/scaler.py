@@ -42,6 +42,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mpcourse._validate import positive_finite
+
 __all__ = ["LossScaler", "StaticLossScaler", "DynamicLossScaler", "scaler_from_state_dict"]
 
 
@@ -49,15 +51,6 @@ def _f32(x: float) -> float:
     """Round a Python float through float32, as torch's float32 scale tensor does (inf past its max)."""
     with np.errstate(over="ignore"):
         return float(np.float32(x))
-
-
-def _positive_finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -130,7 +123,7 @@ class StaticLossScaler(_Counters):
     kind = "static"
 
     def __init__(self, scale: float) -> None:
-        self._scale = _f32(_positive_finite("scale", scale))
+        self._scale = _f32(positive_finite("scale", scale))
         self._reset_counters()
 
     @property
@@ -150,7 +143,7 @@ class StaticLossScaler(_Counters):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; a dict of another kind or with missing keys is refused."""
         _expect_keys(state, self.state_dict(), self.kind)
-        self._scale = _f32(_positive_finite("scale", state["scale"]))
+        self._scale = _f32(positive_finite("scale", state["scale"]))
         self.total_steps = int(state["total_steps"])
         self.total_skipped = int(state["total_skipped"])
         self.consecutive_skipped = int(state["consecutive_skipped"])
@@ -184,17 +177,17 @@ class DynamicLossScaler(_Counters):
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000, hysteresis: int = 1,
                  min_scale: float | None = None, max_scale: float | None = None) -> None:
-        self.init_scale = _f32(_positive_finite("init_scale", init_scale))
-        self.growth_factor = _positive_finite("growth_factor", growth_factor)
+        self.init_scale = _f32(positive_finite("init_scale", init_scale))
+        self.growth_factor = positive_finite("growth_factor", growth_factor)
         if self.growth_factor <= 1.0:
             raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
-        self.backoff_factor = _positive_finite("backoff_factor", backoff_factor)
+        self.backoff_factor = positive_finite("backoff_factor", backoff_factor)
         if self.backoff_factor >= 1.0:
             raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
         self.growth_interval = _positive_int("growth_interval", growth_interval)
         self.hysteresis = _positive_int("hysteresis", hysteresis)
-        self.min_scale = None if min_scale is None else _f32(_positive_finite("min_scale", min_scale))
-        self.max_scale = None if max_scale is None else _f32(_positive_finite("max_scale", max_scale))
+        self.min_scale = None if min_scale is None else _f32(positive_finite("min_scale", min_scale))
+        self.max_scale = None if max_scale is None else _f32(positive_finite("max_scale", max_scale))
         if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
             raise ValueError(f"min_scale ({min_scale!r}) must be <= max_scale ({max_scale!r})")
         self._scale = self._clamp(self.init_scale)
@@ -254,7 +247,7 @@ class DynamicLossScaler(_Counters):
         fresh = DynamicLossScaler(state["init_scale"], state["growth_factor"], state["backoff_factor"],
                                   state["growth_interval"], state["hysteresis"], state["min_scale"],
                                   state["max_scale"])
-        fresh._scale = _f32(_positive_finite("scale", state["scale"]))
+        fresh._scale = _f32(positive_finite("scale", state["scale"]))
         fresh.growth_tracker = int(state["growth_tracker"])
         fresh.hysteresis_left = int(state["hysteresis_left"])
         fresh.total_steps = int(state["total_steps"])

@@ -259,10 +259,10 @@ def test_gpu_preset_needs_cuda() -> None:
     assert bench.bench_main(["--preset", "gpu", "--no-save"]) == 2
 
 
-def _overhead_module():  # benchmarks/ is not a package: load the script by path
+def _overhead_module():  # tests/benchmarks/ is not a package: load the script by path
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "engine_overhead.py"
+    path = Path(__file__).resolve().parent / "benchmarks" / "engine_overhead.py"
     spec = importlib.util.spec_from_file_location("engine_overhead", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]

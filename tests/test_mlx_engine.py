@@ -279,7 +279,7 @@ def test_fp32_losses_match_torch_for_the_first_20_steps(digits, opt):
 
 @pytest.mark.parametrize("hysteresis", [1, 2])
 def test_scaler_trajectory_is_identical_across_engines_for_the_same_verdicts(digits, hysteresis):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     import torch.nn.functional as F
 
     bad = {1, 4, 5, 6, 11}

@@ -16,8 +16,10 @@ widgets, the notebooks' helpers) can ask for a loss by backend name.
 
 from __future__ import annotations
 
-import math
+
 from typing import Any, Callable
+
+from mpcourse._validate import positive_finite
 
 __all__ = ["cross_entropy"]
 
@@ -35,10 +37,7 @@ def cross_entropy(backend: str, weight: float = 1.0) -> Callable[[Any, Any], Any
     Raises:
         ValueError: an unknown backend or a weight that is not a finite number > 0.
     """
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-            or weight <= 0:
-        raise ValueError(f"weight must be a finite number > 0, got {weight!r}")
-    w = float(weight)
+    w = positive_finite("weight", weight)
     if backend == "torch":
         import torch.nn.functional as F
 

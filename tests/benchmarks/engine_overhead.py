@@ -2,10 +2,10 @@
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/engine_overhead.py                 # fp32 and fp16 AMP on the best device
-    PYTHONPATH=. python benchmarks/engine_overhead.py --device cpu --precisions fp32 --rounds 7
-    PYTHONPATH=. python benchmarks/engine_overhead.py --fused on      # both sides with a fused optimizer
-    PYTHONPATH=. python benchmarks/engine_overhead.py --threads 1     # on a CPU shared with other jobs
+    PYTHONPATH=. python tests/benchmarks/engine_overhead.py                 # fp32 and fp16 AMP on the best device
+    PYTHONPATH=. python tests/benchmarks/engine_overhead.py --device cpu --precisions fp32 --rounds 7
+    PYTHONPATH=. python tests/benchmarks/engine_overhead.py --fused on      # both sides with a fused optimizer
+    PYTHONPATH=. python tests/benchmarks/engine_overhead.py --threads 1     # on a CPU shared with other jobs
 
 Both sides train the same model (784-1024-1024-10 MLP by default, identical initial weights)
 on the same data in the same batch order (the engine's: ``default_rng([seed, epoch])``

@@ -2,8 +2,8 @@
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/mlx_vs_torch.py                      # mlp small, fp32/fp16/bf16
-    PYTHONPATH=. python benchmarks/mlx_vs_torch.py --model cnn --precision fp32 bf16 --steps 5
+    PYTHONPATH=. python tests/benchmarks/mlx_vs_torch.py                      # mlp small, fp32/fp16/bf16
+    PYTHONPATH=. python tests/benchmarks/mlx_vs_torch.py --model cnn --precision fp32 bf16 --steps 5
 
 Both engines train on the same random batches through their public ``train_step``; a step's
 time is its StepRecord ``seconds`` (the device synchronised before the clock is read). The
