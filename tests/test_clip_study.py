@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,13 +12,7 @@ from mpcourse import clip_study
 from mpcourse.clipping import AutoClip, ClipByNorm, ClipByValue
 from mpcourse.engines.base import History, StepRecord
 
-os.environ.setdefault("MPCOURSE_PROGRESS", "0")
 pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return mpc.data.load("digits", seed=0)
 
 
 def _hist(norms, clipped=None, losses=None):
@@ -45,17 +38,17 @@ def test_loss_spikes_counts_jumps_and_non_finite_steps():
     assert clip_study.loss_spikes([2.0, 1.9, 1.8, 1.7, 1.6]) == 0
 
 
-def test_compare_summarize_and_recommend_are_measured(ds):
+def test_compare_summarize_and_recommend_are_measured(digits):
     cfg = mpc.TrainConfig(precision="fp32", lr=1e-2)
     pols = {"none": None, "norm": ClipByNorm(0.05), "value": ClipByValue(1e-3)}
-    runs = clip_study.compare(ds, cfg, pols, model="mlp", steps=8)
+    runs = clip_study.compare(digits, cfg, pols, model="mlp", steps=8)
     rows = clip_study.summarize(runs, last=4)
     assert [r["strategy"] for r in rows] == ["none", "norm", "value"]
     for r, run in zip(rows, runs.values()):
         assert r["final_loss"] == pytest.approx(float(np.mean(run.history.losses[-4:])))
         assert r["clipped"] == pytest.approx(run.history.column("clipped").mean())
     assert rows[0]["clipped"] == 0.0 and rows[1]["clipped"] == 1.0  # max_norm 0.05 is tiny
-    table = clip_study.recommend(ds, {"mlp": cfg}, pols, steps=8, last=4)
+    table = clip_study.recommend(digits, {"mlp": cfg}, pols, steps=8, last=4)
     (row,) = table
     losses = {k: row[f"loss_{k}"] for k in pols}
     assert losses == pytest.approx({r["strategy"]: r["final_loss"] for r in rows})
@@ -65,7 +58,7 @@ def test_compare_summarize_and_recommend_are_measured(ds):
     assert "mlp" in text and row["best"] in text
 
 
-def test_clip_figures_have_titles_axes_and_the_data(ds):
+def test_clip_figures_have_titles_axes_and_the_data(digits):
     from mpcourse import plots
 
     h = _hist([3.0, 0.5, 2.0], clipped=[True, False, True], losses=[2.0, 1.5, 1.2])
@@ -86,11 +79,11 @@ def test_clip_figures_have_titles_axes_and_the_data(ds):
     assert heat.data[0].text[0][1] == "0.500 *" and heat.layout.xaxis.title.text
 
 
-def test_clip_explorer_retrains_when_a_control_changes(ds):
+def test_clip_explorer_retrains_when_a_control_changes(digits):
     pytest.importorskip("ipywidgets")
     from mpcourse.widgets import ClipExplorer
 
-    ex = ClipExplorer(ds, mpc.TrainConfig(precision="fp32", lr=1e-2), model="mlp", steps=6)
+    ex = ClipExplorer(digits, mpc.TrainConfig(precision="fp32", lr=1e-2), model="mlp", steps=6)
     assert ex.strategy.value == "norm" and not ex.max_norm.disabled and ex.clip_value.disabled
     ex.max_norm.value = 0.01  # tiny: every step clips
     assert ex.last_run.policy == ClipByNorm(0.01)

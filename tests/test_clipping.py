@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
@@ -18,15 +17,9 @@ import mpcourse as mpc
 from mpcourse.clipping import (AGC, AutoClip, ClipByNorm, ClipByValue, NormHistory,
                                autoclip_thresholds, norm_clip_coef, total_norm, unitwise_norm)
 
-os.environ.setdefault("MPCOURSE_PROGRESS", "0")
 torch = pytest.importorskip("torch")
 
 MLX_ENGINE_MISSING = "the MLX engine (mpcourse/engines/mlx_engine.py) is not on this branch yet"
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return mpc.data.load("digits", seed=0)
 
 
 # --- backend adapters: the engine's own gradients, in and out of apply_clip ------------------
@@ -103,9 +96,9 @@ def side(request):
     return TorchSide()
 
 
-def _engine(side, ds, model="mlp", **cfg):
+def _engine(side, digits, model="mlp", **cfg):
     cfg.setdefault("precision", "fp32")
-    return mpc.make_engine(side.name, model, mpc.TrainConfig(**cfg), device="cpu", data=ds,
+    return mpc.make_engine(side.name, model, mpc.TrainConfig(**cfg), device="cpu", data=digits,
                            verbose=False)
 
 
@@ -215,9 +208,9 @@ def test_norm_history_window_and_state_round_trip():
 
 # --- each engine against the oracles, on the engine's own gradients ---------------------------
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
-def test_norm_clipping_matches_clip_grad_norm(side, ds, norm_type):
-    eng = _engine(side, ds, "cnn")
-    x, y = ds.x_train[:16], ds.y_train[:16]
+def test_norm_clipping_matches_clip_grad_norm(side, digits, norm_type):
+    eng = _engine(side, digits, "cnn")
+    x, y = digits.x_train[:16], digits.y_train[:16]
     _, _, grads, norm = side.grads(eng, x, y)
     before = side.numpy(grads)
     pre = total_norm(before, norm_type)
@@ -237,9 +230,9 @@ def test_norm_clipping_matches_clip_grad_norm(side, ds, norm_type):
         np.testing.assert_allclose(o, b, rtol=1e-6)
 
 
-def test_value_clipping_matches_clip_grad_value(side, ds):
-    eng = _engine(side, ds, "cnn")
-    _, _, grads, norm = side.grads(eng, ds.x_train[:16], ds.y_train[:16])
+def test_value_clipping_matches_clip_grad_value(side, digits):
+    eng = _engine(side, digits, "cnn")
+    _, _, grads, norm = side.grads(eng, digits.x_train[:16], digits.y_train[:16])
     before = side.numpy(grads)
     v = float(np.quantile(np.abs(np.concatenate([b.ravel() for b in before])), 0.9))
     ref = _torch_params(before)
@@ -272,9 +265,9 @@ def _agc_by_the_paper(names, params, grads, lam, eps, exclude=()):
 
 
 @pytest.mark.parametrize("exclude", [(), ("head",)])
-def test_agc_matches_the_papers_formula(side, ds, exclude):
-    eng = _engine(side, ds, "cnn")  # conv filters, BatchNorm gains and biases, a linear head
-    names, params, grads, norm = side.grads(eng, ds.x_train[:16], ds.y_train[:16])
+def test_agc_matches_the_papers_formula(side, digits, exclude):
+    eng = _engine(side, digits, "cnn")  # conv filters, BatchNorm gains and biases, a linear head
+    names, params, grads, norm = side.grads(eng, digits.x_train[:16], digits.y_train[:16])
     before = side.numpy(grads)
     policy = AGC(clipping=0.01, eps=1e-3, exclude=exclude)
     expect = _agc_by_the_paper(names, params, before, 0.01, 1e-3, exclude)
@@ -294,10 +287,10 @@ def test_agc_matches_the_papers_formula(side, ds, exclude):
         np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-10)
 
 
-def test_autoclip_threshold_is_the_percentile_of_recorded_norms(side, ds):
-    eng = _engine(side, ds, "mlp", clip=AutoClip(percentile=25))
+def test_autoclip_threshold_is_the_percentile_of_recorded_norms(side, digits):
+    eng = _engine(side, digits, "mlp", clip=AutoClip(percentile=25))
     seen = []
-    hist = eng.fit(ds, steps=15, callback=lambda e, r: seen.append(e.clip_state.threshold))
+    hist = eng.fit(digits, steps=15, callback=lambda e, r: seen.append(e.clip_state.threshold))
     norms = hist.grad_norms
     np.testing.assert_allclose(eng.clip_state.norms, norms, rtol=1e-6)
     for k in range(len(norms)):
@@ -308,26 +301,26 @@ def test_autoclip_threshold_is_the_percentile_of_recorded_norms(side, ds):
     np.testing.assert_allclose(autoclip_thresholds(norms, 25), seen, rtol=1e-6)
 
 
-def test_autoclip_history_survives_state_dict(side, ds):
+def test_autoclip_history_survives_state_dict(side, digits):
     cfg = dict(precision="fp16", clip=AutoClip(percentile=10))
-    a = _engine(side, ds, "mlp", **cfg)
-    full = a.fit(ds, steps=12)
-    b = _engine(side, ds, "mlp", **cfg)
-    first = b.fit(ds, steps=6)
-    c = _engine(side, ds, "mlp", **cfg)
+    a = _engine(side, digits, "mlp", **cfg)
+    full = a.fit(digits, steps=12)
+    b = _engine(side, digits, "mlp", **cfg)
+    first = b.fit(digits, steps=6)
+    c = _engine(side, digits, "mlp", **cfg)
     c.load_state_dict(b.state_dict())
     assert len(c.clip_state) == 6
-    rest = c.fit(ds, steps=6)
+    rest = c.fit(digits, steps=6)
     np.testing.assert_array_equal(np.concatenate([first.grad_norms, rest.grad_norms]), full.grad_norms)
     np.testing.assert_array_equal(c.clip_state.norms, a.clip_state.norms)
     assert c.clip_state.threshold == a.clip_state.threshold
 
 
-def test_non_finite_steps_are_never_clipped(side, ds):
+def test_non_finite_steps_are_never_clipped(side, digits):
     # A scale of 2**28 overflows fp16's backward; the scaler backs off until steps are finite.
-    eng = _engine(side, ds, "mlp", precision="fp16", init_scale=2.0**28, backoff_factor=0.25,
+    eng = _engine(side, digits, "mlp", precision="fp16", init_scale=2.0**28, backoff_factor=0.25,
                   clip=AutoClip(percentile=50))
-    hist = eng.fit(ds, steps=12)
+    hist = eng.fit(digits, steps=12)
     found = hist.column("found_inf")
     assert found.any() and (~found).any()
     assert not hist.column("clipped")[found].any()
@@ -335,14 +328,14 @@ def test_non_finite_steps_are_never_clipped(side, ds):
     np.testing.assert_allclose(eng.clip_state.norms, hist.grad_norms[~found], rtol=1e-6)
 
 
-def test_engine_clips_after_unscaling(side, ds):
+def test_engine_clips_after_unscaling(side, digits):
     """One fp16 step with SGD: the update is lr * (the unscaled gradient clipped to max_norm).
     Clipping the scaled gradient would make it 65536 times shorter."""
     lr, max_norm = 0.1, 0.02
-    eng = _engine(side, ds, "mlp", precision="fp16", optimizer="sgd", momentum=0.0, lr=lr,
+    eng = _engine(side, digits, "mlp", precision="fp16", optimizer="sgd", momentum=0.0, lr=lr,
                   clip=ClipByNorm(max_norm))
     before = side.params(eng)
-    rec = eng.train_step(ds.x_train[:64], ds.y_train[:64])
+    rec = eng.train_step(digits.x_train[:64], digits.y_train[:64])
     after = side.params(eng)
     step = math.sqrt(sum(float(np.sum((after[k].astype(np.float64) - before[k]) ** 2)) for k in before))
     assert rec.scale == 2.0**16 and not rec.found_inf
@@ -352,9 +345,9 @@ def test_engine_clips_after_unscaling(side, ds):
 
 
 @pytest.mark.parametrize("policy", [ClipByNorm(1.0), ClipByValue(1e-3)])
-def test_clip_before_unscale_bug_is_measured(side, ds, policy):
-    eng = _engine(side, ds, "mlp", precision="fp16")
-    r = side.order_effect(eng, ds.x_train[:64], ds.y_train[:64], policy)
+def test_clip_before_unscale_bug_is_measured(side, digits, policy):
+    eng = _engine(side, digits, "mlp", precision="fp16")
+    r = side.order_effect(eng, digits.x_train[:64], digits.y_train[:64], policy)
     assert r["scale"] == 2.0**16
     if isinstance(policy, ClipByNorm):
         # Right: min(norm, 1). Wrong: the scaled norm is cut to 1, then divided by 65536.
@@ -368,15 +361,15 @@ def test_clip_before_unscale_bug_is_measured(side, ds, policy):
         assert r["cosine"] < 0.95  # and the direction is bent to sign(g)
 
 
-def test_clip_before_unscale_engine_barely_moves(ds):
+def test_clip_before_unscale_engine_barely_moves(digits):
     from mpcourse.engines.torch_clip import ClipBeforeUnscaleEngine
 
     cfg = mpc.TrainConfig(precision="fp16", optimizer="sgd", momentum=0.0, lr=0.1,
                           clip=ClipByNorm(1.0))
-    right = mpc.make_engine("torch", "mlp", cfg, device="cpu", data=ds, verbose=False)
+    right = mpc.make_engine("torch", "mlp", cfg, device="cpu", data=digits, verbose=False)
     wrong = ClipBeforeUnscaleEngine("mlp", cfg, device="cpu")
     start = [p.detach().clone() for p in right.model.parameters()]
-    h_right, h_wrong = right.fit(ds, steps=10), wrong.fit(ds, steps=10)
+    h_right, h_wrong = right.fit(digits, steps=10), wrong.fit(digits, steps=10)
 
     def moved(eng):
         return math.sqrt(sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(eng.model.parameters(), start)))

@@ -19,16 +19,6 @@ from mpcourse.scaler import DynamicLossScaler  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _no_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MPCOURSE_PROGRESS", "0")
-
-
-@pytest.fixture(scope="module")
-def digits() -> mpc.data.Dataset:
-    return mpc.data.load("digits", seed=0)
-
-
 def _params(eng: MLXEngine) -> dict[str, np.ndarray]:
     return {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(eng.master_params)}
 

@@ -34,25 +34,15 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MPCOURSE_PROGRESS", "0")
-
-
 @pytest.fixture(scope="module")
-def ds() -> mpc.data.Dataset:
-    return mpc.data.load("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
-def storm(ds: mpc.data.Dataset) -> mpc.data.Dataset:
+def storm(digits: mpc.data.Dataset) -> mpc.data.Dataset:
     # Planted fault: features left in raw units (x 1e5). The first layer's fp16 outputs pass
     # 65504, the forward pass is inf every step: an overflow storm no loss scale can fix.
-    return dataclasses.replace(ds, x_train=ds.x_train * 1e5, x_test=ds.x_test * 1e5)
+    return dataclasses.replace(digits, x_train=digits.x_train * 1e5, x_test=digits.x_test * 1e5)
 
 
-def _engine(backend: str, ds: mpc.data.Dataset, **cfg: object) -> mpc.engines.Engine:
-    return mpc.make_engine(backend, "mlp", mpc.TrainConfig(**cfg), device="cpu", data=ds, verbose=False)
+def _engine(backend: str, digits: mpc.data.Dataset, **cfg: object) -> mpc.engines.Engine:
+    return mpc.make_engine(backend, "mlp", mpc.TrainConfig(**cfg), device="cpu", data=digits, verbose=False)
 
 
 def _model_arrays(engine: object) -> dict[str, np.ndarray]:
@@ -109,10 +99,10 @@ def test_fallback_triggers_on_overflow_storm_and_training_continues(backend: str
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fallback_when_scale_reaches_its_minimum(backend: str, ds: mpc.data.Dataset) -> None:
+def test_fallback_when_scale_reaches_its_minimum(backend: str, digits: mpc.data.Dataset) -> None:
     # Planted: a scale pinned far too high (2**40, floor 2**36): every scaled backward overflows.
     cfg = mpc.TrainConfig(precision="fp16", init_scale=2.0**40, min_scale=2.0**36)
-    tr = prod.Trainer(backend, "mlp", cfg, ds, device="cpu", fallback=prod.FallbackPolicy(window=50))
+    tr = prod.Trainer(backend, "mlp", cfg, digits, device="cpu", fallback=prod.FallbackPolicy(window=50))
     hist = tr.fit(steps=10)
     (ev,) = hist.events
     assert ev["reason"] == "min_scale" and ev["step"] == 5 and ev["evidence"]["scale"] == 2.0**36
@@ -120,9 +110,9 @@ def test_fallback_when_scale_reaches_its_minimum(backend: str, ds: mpc.data.Data
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_switch_precision_takes_over_state_exactly(backend: str, ds: mpc.data.Dataset) -> None:
-    eng = _engine(backend, ds, precision="fp16")
-    eng.fit(ds, steps=5, progress=False)
+def test_switch_precision_takes_over_state_exactly(backend: str, digits: mpc.data.Dataset) -> None:
+    eng = _engine(backend, digits, precision="fp16")
+    eng.fit(digits, steps=5, progress=False)
     new = prod.switch_precision(eng, "bf16")
     assert new.config.precision == "bf16" and new.config.scaling_mode == "none"
     assert (new.step, new.epoch, new.batch_in_epoch) == (eng.step, eng.epoch, eng.batch_in_epoch)
@@ -148,8 +138,8 @@ def test_precision_schedule_rules() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_trainer_follows_schedule(backend: str, ds: mpc.data.Dataset) -> None:
-    tr = prod.Trainer(backend, "mlp", mpc.TrainConfig(precision="fp16"), ds, device="cpu",
+def test_trainer_follows_schedule(backend: str, digits: mpc.data.Dataset) -> None:
+    tr = prod.Trainer(backend, "mlp", mpc.TrainConfig(precision="fp16"), digits, device="cpu",
                       schedule=prod.PrecisionSchedule.fp32_warmup(6, then="fp16"))
     hist = tr.fit(steps=10)
     assert hist.events == [{"step": 6, "kind": "phase", "from": "fp32", "to": "fp16", "phase": "main"}]
@@ -158,29 +148,29 @@ def test_trainer_follows_schedule(backend: str, ds: mpc.data.Dataset) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_memory_estimate_uses_real_counts(backend: str, ds: mpc.data.Dataset) -> None:
-    eng = _engine(backend, ds)
+def test_memory_estimate_uses_real_counts(backend: str, digits: mpc.data.Dataset) -> None:
+    eng = _engine(backend, digits)
     p = 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10   # the small mlp's weights and biases
-    small = prod.estimate_memory(eng, ds.x_train[:8], "fp16")
+    small = prod.estimate_memory(eng, digits.x_train[:8], "fp16")
     assert small.parameters == p
     assert small.activations >= 8 * (256 + 256 + 10)      # at least every Linear's output
-    ref = prod.estimate_memory(eng, ds.x_train[:8], "fp32")
+    ref = prod.estimate_memory(eng, digits.x_train[:8], "fp32")
     # Saving = half the activation bytes, minus the fp16 weight copy: negative for a tiny batch...
     assert small.saved_vs(ref) == 2 * small.activations - 2 * p < 0
-    big = prod.PrecisionSchedule.fp32_warmup(5).memory_estimates(eng, ds.x_train[:1024])
+    big = prod.PrecisionSchedule.fp32_warmup(5).memory_estimates(eng, digits.x_train[:1024])
     assert big[0]["saved_bytes"] == 0 and big[1]["saved_bytes"] > 0   # ...positive for a big one
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_checkpoint_round_trip_is_bit_exact(backend: str, precision: str, ds: mpc.data.Dataset,
+def test_checkpoint_round_trip_is_bit_exact(backend: str, precision: str, digits: mpc.data.Dataset,
                                             tmp_path: Path) -> None:
-    a = _engine(backend, ds, precision=precision, optimizer="adamw")
-    a.fit(ds, steps=27, progress=False)  # ends mid-epoch (23 batches per epoch)
+    a = _engine(backend, digits, precision=precision, optimizer="adamw")
+    a.fit(digits, steps=27, progress=False)  # ends mid-epoch (23 batches per epoch)
     path = save_checkpoint(tmp_path / "a.mpck", a)
     drawn = np.random.random(3)                    # the global RNGs move on after the save...
-    b = _engine(backend, ds, precision=precision, optimizer="adamw")
+    b = _engine(backend, digits, precision=precision, optimizer="adamw")
     ck = load_checkpoint(path, b)
     assert prod.state_differences(ck.state["rng"], rng_state(backend)) == []
     assert np.random.random(3).tolist() == drawn.tolist()   # ...and loading puts them back
@@ -188,7 +178,7 @@ def test_checkpoint_round_trip_is_bit_exact(backend: str, precision: str, ds: mp
     sa, sb = export_state(a), export_state(b)
     assert _same_bits(array_leaves(sa), array_leaves(sb))
     assert (b.step, b.epoch, b.batch_in_epoch, b.scale) == (a.step, a.epoch, a.batch_in_epoch, a.scale)
-    ha, hb = a.fit(ds, steps=12, progress=False), b.fit(ds, steps=12, progress=False)
+    ha, hb = a.fit(digits, steps=12, progress=False), b.fit(digits, steps=12, progress=False)
     assert ha.losses.tobytes() == hb.losses.tobytes()
     assert _same_bits(_model_arrays(a), _model_arrays(b))
 
@@ -215,9 +205,9 @@ def test_container_round_trips_python_and_numpy_values(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_files_are_refused_and_the_previous_checkpoint_survives(
-        backend: str, ds: mpc.data.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    eng = _engine(backend, ds, precision="fp16")
-    eng.fit(ds, steps=3, progress=False)
+        backend: str, digits: mpc.data.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = _engine(backend, digits, precision="fp16")
+    eng.fit(digits, steps=3, progress=False)
     path = save_checkpoint(tmp_path / "ckpt.mpck", eng)
     good = path.read_bytes()
 
@@ -234,7 +224,7 @@ def test_bad_files_are_refused_and_the_previous_checkpoint_survives(
         read_checkpoint(tmp_path / "other.mpck")
 
     # A crash while the next checkpoint is written (here: the disk fails at fsync).
-    eng.fit(ds, steps=4, progress=False)
+    eng.fit(digits, steps=4, progress=False)
 
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error (injected)")
@@ -248,11 +238,11 @@ def test_bad_files_are_refused_and_the_previous_checkpoint_survives(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_manager_skips_a_truncated_newest_file(backend: str, ds: mpc.data.Dataset, tmp_path: Path) -> None:
-    eng = _engine(backend, ds)
+def test_manager_skips_a_truncated_newest_file(backend: str, digits: mpc.data.Dataset, tmp_path: Path) -> None:
+    eng = _engine(backend, digits)
     mgr = CheckpointManager(tmp_path, every=2, keep=2)
     for _ in range(6):
-        eng.fit(ds, steps=1, progress=False)
+        eng.fit(digits, steps=1, progress=False)
         mgr.maybe_save(eng)
     assert [p.name for p in mgr.paths()] == ["ckpt_00000004.mpck", "ckpt_00000006.mpck"]
     newest = mgr.paths()[-1]
@@ -262,16 +252,16 @@ def test_manager_skips_a_truncated_newest_file(backend: str, ds: mpc.data.Datase
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mismatched_checkpoint_is_refused_and_engine_untouched(backend: str, ds: mpc.data.Dataset,
+def test_mismatched_checkpoint_is_refused_and_engine_untouched(backend: str, digits: mpc.data.Dataset,
                                                                tmp_path: Path) -> None:
-    eng = _engine(backend, ds, lr=1e-3)
-    eng.fit(ds, steps=2, progress=False)
+    eng = _engine(backend, digits, lr=1e-3)
+    eng.fit(digits, steps=2, progress=False)
     path = save_checkpoint(tmp_path / "a.mpck", eng)
-    other = _engine(backend, ds, lr=1e-2)
+    other = _engine(backend, digits, lr=1e-2)
     before = _model_arrays(other)
     with pytest.raises(CheckpointError, match=r"config\.lr: 0\.001 in the checkpoint, 0\.01 in the engine"):
         load_checkpoint(path, other)
-    cnn = mpc.make_engine(backend, "cnn", mpc.TrainConfig(), device="cpu", data=ds, verbose=False)
+    cnn = mpc.make_engine(backend, "cnn", mpc.TrainConfig(), device="cpu", data=digits, verbose=False)
     with pytest.raises(CheckpointError, match="model: 'mlp' in the checkpoint, 'cnn' in the engine"):
         load_checkpoint(path, cnn)
     assert _same_bits(before, _model_arrays(other)) and other.step == 0
@@ -385,8 +375,8 @@ def test_judge_pass_fail_rules() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_validate_reports_measured_runs(backend: str, ds: mpc.data.Dataset, storm: mpc.data.Dataset) -> None:
-    rep = prod.validate(ds, backend=backend, precision="bf16", epochs=1, device="cpu")
+def test_validate_reports_measured_runs(backend: str, digits: mpc.data.Dataset, storm: mpc.data.Dataset) -> None:
+    rep = prod.validate(digits, backend=backend, precision="bf16", epochs=1, device="cpu")
     assert len(rep.fp32_history) == len(rep.mixed_history) == 23
     assert rep.fp32_history.meta["precision"] == "fp32" and rep.mixed_history.meta["precision"] == "bf16"
     assert rep.accuracy_diff == pytest.approx(100 * (rep.mixed_accuracy - rep.fp32_accuracy))
@@ -434,15 +424,15 @@ def test_production_imports_without_frameworks() -> None:
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
-def test_switch_precision_keeps_a_users_own_model(ds: mpc.data.Dataset) -> None:
+def test_switch_precision_keeps_a_users_own_model(digits: mpc.data.Dataset) -> None:
     from torch import nn
 
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    eng = mpc.make_engine("torch", net, mpc.TrainConfig(precision="fp16"), device="cpu", data=ds, verbose=False)
-    eng.fit(ds, steps=3, progress=False)
+    eng = mpc.make_engine("torch", net, mpc.TrainConfig(precision="fp16"), device="cpu", data=digits, verbose=False)
+    eng.fit(digits, steps=3, progress=False)
     new = prod.switch_precision(eng, "fp32")
     assert new.model is net and new.model_name == "Sequential" and new.step == 3
-    assert new.fit(ds, steps=2, progress=False).records[-1].step == 4
-    pure = _engine("torch", ds, precision="bf16", master_weights=False)
+    assert new.fit(digits, steps=2, progress=False).records[-1].step == 4
+    pure = _engine("torch", digits, precision="bf16", master_weights=False)
     with pytest.raises(ValueError, match="needs fp32 master weights"):
         prod.switch_precision(pure, "fp32")

@@ -14,11 +14,6 @@ from mpcourse import DynamicLossScaler  # noqa: E402
 from mpcourse.engines.torch_engine import DeviceUnavailableError, torch_devices  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def digits() -> mpc.data.Dataset:
-    return mpc.data.load("digits", seed=0)
-
-
 def engine(precision: str = "fp32", ds=None, **cfg) -> "mpc.engines.Engine":
     return mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision=precision, **cfg), device="cpu", data=ds)
 
