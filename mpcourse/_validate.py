@@ -10,11 +10,11 @@ Usage::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["positive_finite"]
+__all__ = ["positive_finite", "check_choice"]
 
 
 def positive_finite(name: str, value: Any) -> float:
@@ -25,3 +25,9 @@ def positive_finite(name: str, value: Any) -> float:
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return value
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """A ValueError naming ``value`` and the allowed ones, unless ``value`` is among them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mpcourse import hardware
+from mpcourse._validate import check_choice
 from mpcourse.engines.base import BACKENDS, SIZES, ZOO, make_engine
 
 __all__ = ["BenchGrid", "Case", "PRECISIONS", "PRESETS", "plan", "run_case", "run_grid",
@@ -172,8 +173,7 @@ class BenchGrid:
 
 def _allowed(what: str, values: Iterable[str], allowed: Sequence[str]) -> None:
     for v in values:
-        if v not in allowed:
-            raise ValueError(f"unknown {what} {v!r}; allowed: {', '.join(map(repr, allowed))}")
+        check_choice(what, v, allowed)
 
 
 def _tools(backend: str) -> ModuleType:

@@ -351,3 +351,9 @@ def test_a_users_own_model_and_loss_are_accepted(digits):
     assert eng.model_name == "Tiny" and calls[0] == mx.float32  # the loss sees fp32 outputs
     assert hist.losses[-5:].mean() < hist.losses[:5].mean()
     assert eng.evaluate(digits)["accuracy"] > 0.8
+
+
+def test_both_engines_raise_one_device_error_class() -> None:
+    from mpcourse.engines import base, torch_engine
+
+    assert DeviceUnavailableError is base.DeviceUnavailableError is torch_engine.DeviceUnavailableError

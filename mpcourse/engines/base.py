@@ -28,11 +28,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from mpcourse._validate import check_choice
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset, validate_xy
 
 __all__ = ["StepRecord", "History", "Engine", "make_engine", "available_backends", "BACKENDS",
-           "ZOO", "SIZES", "BackendUnavailableError"]
+           "ZOO", "SIZES", "BackendUnavailableError", "DeviceUnavailableError"]
 
 BACKENDS: tuple[str, ...] = ("torch", "mlx")
 ZOO: tuple[str, ...] = ("mlp", "deep_mlp", "cnn", "transformer", "lstm")
@@ -45,7 +46,14 @@ _INSTALL_HINT = {
 
 
 class BackendUnavailableError(ImportError):
-    """A backend or device was asked for that is not installed or not present."""
+    """A backend was asked for that is not installed (the message says how to install it)."""
+
+
+class DeviceUnavailableError(ValueError):
+    """An explicitly requested device is not present on this machine (never a silent fallback).
+
+    Both engines raise this one class, so ``except DeviceUnavailableError`` covers torch and MLX.
+    """
 
 
 @dataclass(frozen=True)
@@ -390,11 +398,6 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
 def make_engine(backend: str = "torch", model: Any = "mlp", config: TrainConfig | None = None,
                 device: str = "auto", loss_fn: Any = None, *, data: Dataset | None = None,
                 num_features: int | None = None, num_classes: int | None = None,
@@ -415,14 +418,14 @@ def make_engine(backend: str = "torch", model: Any = "mlp", config: TrainConfig 
         size: ``"small"`` or ``"large"`` for zoo models. Default ``"small"``.
         verbose: print which device ``"auto"`` chose. Default True.
     """
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, BACKENDS)
     if config is None:
         config = TrainConfig()
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be an mpcourse.TrainConfig, got {type(config).__name__}")
     if isinstance(model, str):
-        _check_choice("model", model, ZOO)
-    _check_choice("size", size, SIZES)
+        check_choice("model", model, ZOO)
+    check_choice("size", size, SIZES)
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda', got {device!r}")
     feats = num_features if num_features is not None else (data.num_features if data is not None else 64)

@@ -60,7 +60,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import Engine
+from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.mlx_models import build_model
 
 __all__ = ["MLXEngine", "mlx_devices", "resolve_device", "DeviceUnavailableError", "DTYPES"]
@@ -68,10 +68,6 @@ __all__ = ["MLXEngine", "mlx_devices", "resolve_device", "DeviceUnavailableError
 DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 
 LossFn = Callable[[mx.array, mx.array], mx.array]
-
-
-class DeviceUnavailableError(ValueError):
-    """An explicitly requested device is not present on this machine."""
 
 
 def mlx_devices() -> list[str]:

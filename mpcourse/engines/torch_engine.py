@@ -45,17 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import Engine
+from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.torch_models import build_model
 
 __all__ = ["TorchEngine", "torch_devices", "resolve_device", "DeviceUnavailableError", "DTYPES",
            "sync", "use_fused"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class DeviceUnavailableError(ValueError):
-    """An explicitly requested device is not present on this machine."""
 
 
 def torch_devices() -> list[str]:
