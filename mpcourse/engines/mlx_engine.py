@@ -63,7 +63,8 @@ from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.mlx_models import build_model
 
-__all__ = ["MLXEngine", "mlx_devices", "resolve_device", "DeviceUnavailableError", "DTYPES"]
+__all__ = ["MLXEngine", "mlx_devices", "resolve_device", "DeviceUnavailableError", "DTYPES",
+           "array_to_numpy"]
 
 DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 
@@ -310,7 +311,7 @@ class MLXEngine(Engine):
         # numpy copies: the returned dict is a snapshot that later steps do not change.
         return {"master": _to_numpy(self._master["params"]),
                 "optimizer": _to_numpy(self.optimizer.state),
-                "buffers": {k: _np(v) for k, v in self._buffers()},  # BatchNorm running stats
+                "buffers": {k: array_to_numpy(v) for k, v in self._buffers()},  # BatchNorm running stats
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {"kind": "none"}}
 
     def _load_framework_state(self, state: dict[str, Any]) -> None:
@@ -335,7 +336,8 @@ class MLXEngine(Engine):
         mx.eval(self._master, self.optimizer.state, self._model.parameters())
 
 
-def _np(a: mx.array) -> np.ndarray:
+def array_to_numpy(a: mx.array) -> np.ndarray:
+    """A numpy copy of an mlx array; bfloat16 becomes ``ml_dtypes.bfloat16`` (bit for bit)."""
     if a.dtype == mx.bfloat16:  # numpy has no bfloat16: copy the bits into ml_dtypes' type
         import ml_dtypes
 
@@ -344,7 +346,7 @@ def _np(a: mx.array) -> np.ndarray:
 
 
 def _to_numpy(tree: Any) -> dict[str, np.ndarray]:
-    return {k: _np(v) for k, v in tree_flatten(tree)}
+    return {k: array_to_numpy(v) for k, v in tree_flatten(tree)}
 
 
 def _from_numpy(flat: dict[str, Any], like: Any, what: str) -> Any:

@@ -59,11 +59,9 @@ def _leaf_to_numpy(obj: Any) -> Any:
             return FrameworkArray("torch", t.view(torch.int16).numpy().copy().view(_bf16()))
         return FrameworkArray("torch", t.numpy().copy())
     if mod.startswith("mlx") and type(obj).__name__ == "array":
-        import mlx.core as mx
+        from mpcourse.engines.mlx_engine import array_to_numpy
 
-        if obj.dtype == mx.bfloat16:
-            return FrameworkArray("mlx", np.array(obj.view(mx.uint16)).view(_bf16()))
-        return FrameworkArray("mlx", np.array(obj))
+        return FrameworkArray("mlx", array_to_numpy(obj))
     return obj
 
 
