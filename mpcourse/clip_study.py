@@ -14,7 +14,7 @@ Usage::
 
 Nothing here is asserted in advance: a recommendation is the strategy with the lowest final
 training loss in these runs (ties within ``tol`` go to the simpler strategy), and the table
-says how large the differences were. Framework-neutral: it only calls :func:`make_engine`.
+says how large the differences were. Framework-neutral: it trains through :func:`mpcourse.runs.train`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 from mpcourse.clipping import AGC, AutoClip, ClipByNorm, ClipByValue, ClipPolicy, autoclip_thresholds
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
-from mpcourse.engines.base import History, make_engine
+from mpcourse import runs
+from mpcourse.engines.base import History
 
 __all__ = ["ClipRun", "strategies", "train", "compare", "thresholds", "loss_spikes", "summarize",
            "recommend", "explain", "format_table", "STRATEGY_ORDER"]
@@ -83,10 +84,8 @@ def train(data: Dataset, config: TrainConfig, policy: ClipPolicy | None, *, name
           model: str = "deep_mlp", steps: int = 92, backend: str = "torch",
           device: str = "cpu") -> ClipRun:
     """Train a fresh zoo model for ``steps`` steps with ``config.replace(clip=policy)``."""
-    eng = make_engine(backend, model, config.replace(clip=policy), device=device, data=data,
-                      verbose=False)
-    hist = eng.fit(data, steps=steps, progress=False)
-    return ClipRun(name, policy, hist, eng.evaluate(data))
+    run = runs.train(data, config.replace(clip=policy), backend=backend, model=model, device=device, steps=steps)
+    return ClipRun(name, policy, run.history, run.evaluation)
 
 
 def compare(data: Dataset, config: TrainConfig, policies: Mapping[str, ClipPolicy | None],
