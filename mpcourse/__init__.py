@@ -13,16 +13,17 @@ Usage::
 for it is built.
 """
 
-from mpcourse import clipping, config, data, formats, scaler
+from mpcourse import clipping, config, data, formats, history, scaler
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import History, StepRecord, available_backends, make_engine
-from mpcourse.scaler import DynamicLossScaler, StaticLossScaler
+from mpcourse.engines import available_backends, make_engine
+from mpcourse.history import History, StepRecord
+from mpcourse.scaler import DynamicLossScaler, NoOpLossScaler, StaticLossScaler
 
 __version__ = "0.1.0"
 
-# Submodules that pull in plotly/ipywidgets or are only needed by some notebooks load on first use.
-_LAZY = ("bench", "checkpoint", "clip_study", "course", "debug", "demo", "hardware", "memory", "monitor", "numerics", "plots",
-         "production", "runs", "site", "symptoms", "widgets")
+# The rooms that pull in plotly/ipywidgets, or that only some notebooks need, load on first use.
+# (authoring/ is not among them: the library never imports it.)
+_LAZY = ("bench", "debug", "engines", "hardware", "memory", "numerics", "plots", "production", "studies", "widgets")
 
 
 def __getattr__(name: str) -> object:
@@ -32,9 +33,11 @@ def __getattr__(name: str) -> object:
         return importlib.import_module(f"mpcourse.{name}")
     raise AttributeError(f"module 'mpcourse' has no attribute {name!r}")
 
+
 __all__ = [
     "DynamicLossScaler",
     "History",
+    "NoOpLossScaler",
     "StaticLossScaler",
     "StepRecord",
     "TrainConfig",
@@ -43,6 +46,7 @@ __all__ = [
     "config",
     "data",
     "formats",
+    "history",
     "make_engine",
     "scaler",
 ]

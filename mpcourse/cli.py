@@ -20,16 +20,25 @@ import importlib.metadata
 import math
 import platform
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+
+from mpcourse.engines import BACKENDS
+from mpcourse.engines.zoo import ZOO
 
 __all__ = ["main", "doctor"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mpcourse.demo import run_demo
+    from mpcourse.studies.demo import run_demo
 
-    run_demo(backend=args.backend, device=args.device, model=args.model, epochs=args.epochs,
-             dataset=args.dataset, report=None if args.no_report else args.report)
+    run_demo(
+        backend=args.backend,
+        device=args.device,
+        model=args.model,
+        epochs=args.epochs,
+        dataset=args.dataset,
+        report=None if args.no_report else args.report,
+    )
     return 0
 
 
@@ -49,7 +58,7 @@ def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     import numpy as np
 
     from mpcourse.config import TrainConfig
-    from mpcourse.engines.base import available_backends, make_engine
+    from mpcourse.engines import available_backends, make_engine
 
     out = out or sys.stdout
     print(f"python {platform.python_version()} on {platform.platform()} ({platform.machine()})", file=out)
@@ -64,8 +73,9 @@ def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
         backend, device = pair.split(":", 1)
         for precision in ("fp32", "fp16", "bf16"):
             try:
-                eng = make_engine(backend, "mlp", TrainConfig(precision=precision, batch_size=32), device=device,
-                                  verbose=False)
+                eng = make_engine(
+                    backend, "mlp", TrainConfig(precision=precision, batch_size=32), device=device, verbose=False
+                )
                 before = eng.evaluate((x, y))["loss"]
                 recs = [eng.train_step(x, y) for _ in range(2)]
                 after = eng.evaluate((x, y))["loss"]
@@ -91,13 +101,14 @@ def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
             print(f"mpcourse: {module} is not available: {err}", file=sys.stderr)
             return 2
         return int(getattr(mod, func)(argv))
+
     return run
 
 
 _PASSTHROUGH = {
     "bench": ("mpcourse.bench", "bench_main", "run the benchmark grid and record results"),
-    "lab": ("mpcourse.course", "lab_main", "open JupyterLab at the course"),
-    "site": ("mpcourse.site", "site_main", "build the static course site (offline)"),
+    "lab": ("mpcourse.authoring.notebooks", "lab_main", "open JupyterLab at the course"),
+    "site": ("mpcourse.authoring.site", "site_main", "build the static course site (offline)"),
 }
 
 
@@ -110,9 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpcourse", description="Mixed precision training, measured.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train one model in fp32, fp16 and bf16 and compare")
-    demo.add_argument("--backend", default="torch", choices=["torch", "mlx"])
+    demo.add_argument("--backend", default="torch", choices=list(BACKENDS))
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps, gpu (mlx)")
-    demo.add_argument("--model", default="mlp", choices=["mlp", "deep_mlp", "cnn", "transformer", "lstm"])
+    demo.add_argument("--model", default="mlp", choices=list(ZOO))
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--dataset", default="digits", choices=["digits", "synthetic"])
     demo.add_argument("--report", default="reports", help="folder for the HTML report (default: reports)")

@@ -31,7 +31,7 @@ The policies:
   history, then clip the global L2 norm to the ``percentile``-th percentile of that history.
 
 The numpy methods here (``apply_numpy``) are the reference rules; the framework code lives in
-``mpcourse/engines/torch_clip.py`` and ``mpcourse/engines/mlx_clip.py`` and is tested against
+``mpcourse/engines/torch/clip.py`` and ``mpcourse/engines/mlx/clip.py`` and is tested against
 them (and against ``torch.nn.utils`` where torch has the operation).
 """
 
@@ -39,15 +39,27 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from mpcourse._validate import positive_finite
 
-__all__ = ["ClipPolicy", "ClipByNorm", "ClipByValue", "AGC", "AutoClip", "NormHistory",
-           "total_norm", "norm_clip_coef", "unitwise_norm", "autoclip_thresholds", "NORM_EPS"]
+__all__ = [
+    "ClipPolicy",
+    "ClipByNorm",
+    "ClipByValue",
+    "AGC",
+    "AutoClip",
+    "NormHistory",
+    "total_norm",
+    "norm_clip_coef",
+    "unitwise_norm",
+    "autoclip_thresholds",
+    "NORM_EPS",
+]
 
 #: Added to the norm in the rescaling factor, exactly as torch's clip_grad_norm_ and MLX's
 #: optimizers.clip_grad_norm do, so a zero gradient never divides by zero.
@@ -74,7 +86,7 @@ def total_norm(grads: Sequence[Any], norm_type: float = 2.0) -> float:
         return 0.0
     if math.isinf(norm_type):
         return float(flat.max())
-    return float(np.sum(flat ** norm_type) ** (1.0 / norm_type))
+    return float(np.sum(flat**norm_type) ** (1.0 / norm_type))
 
 
 def norm_clip_coef(norm: float, max_norm: float) -> float:
@@ -115,13 +127,17 @@ class ClipPolicy:
     and the engine keeps that state (``engine.clip_state``) and saves it in ``state_dict``.
     """
 
-    def new_state(self) -> "NormHistory | None":
+    def new_state(self) -> NormHistory | None:
         """Fresh running state for one training run, or None for a stateless policy."""
         return None
 
-    def apply_numpy(self, grads: Sequence[Any], params: Sequence[Any] | None = None,
-                    names: Sequence[str] | None = None,
-                    state: "NormHistory | None" = None) -> tuple[list[np.ndarray], bool]:
+    def apply_numpy(
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any] | None = None,
+        names: Sequence[str] | None = None,
+        state: NormHistory | None = None,
+    ) -> tuple[list[np.ndarray], bool]:
         """Clip numpy gradients (unscaled); return the clipped copies and whether it acted."""
         raise NotImplementedError
 
@@ -152,16 +168,24 @@ class ClipByNorm(ClipPolicy):
         p = self.norm_type
         if isinstance(p, str) and p.lower() in ("inf", "infinity"):
             p = math.inf
-        ok = (not isinstance(p, bool) and isinstance(p, (int, float, np.floating, np.integer))
-              and (math.isinf(p) and p > 0 or (math.isfinite(p) and p >= 1)))
+        ok = (
+            not isinstance(p, bool)
+            and isinstance(p, (int, float, np.floating, np.integer))
+            and (math.isinf(p) and p > 0 or (math.isfinite(p) and p >= 1))
+        )
         if not ok:
-            raise ValueError(f"unknown norm_type {self.norm_type!r}; allowed: a number >= 1 "
-                             f"(1, 2, ...) or 'inf' / math.inf")
+            raise ValueError(
+                f"unknown norm_type {self.norm_type!r}; allowed: a number >= 1 (1, 2, ...) or 'inf' / math.inf"
+            )
         object.__setattr__(self, "norm_type", float(p))
 
-    def apply_numpy(self, grads: Sequence[Any], params: Sequence[Any] | None = None,
-                    names: Sequence[str] | None = None,
-                    state: "NormHistory | None" = None) -> tuple[list[np.ndarray], bool]:
+    def apply_numpy(
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any] | None = None,
+        names: Sequence[str] | None = None,
+        state: NormHistory | None = None,
+    ) -> tuple[list[np.ndarray], bool]:
         gs = _as_arrays(grads)
         norm = total_norm(gs, self.norm_type)
         coef = norm_clip_coef(norm, self.max_norm)
@@ -187,9 +211,13 @@ class ClipByValue(ClipPolicy):
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip_value", positive_finite("clip_value", self.clip_value))
 
-    def apply_numpy(self, grads: Sequence[Any], params: Sequence[Any] | None = None,
-                    names: Sequence[str] | None = None,
-                    state: "NormHistory | None" = None) -> tuple[list[np.ndarray], bool]:
+    def apply_numpy(
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any] | None = None,
+        names: Sequence[str] | None = None,
+        state: NormHistory | None = None,
+    ) -> tuple[list[np.ndarray], bool]:
         gs = _as_arrays(grads)
         v = self.clip_value
         acted = any(bool(np.any(np.abs(g) > v)) for g in gs)
@@ -238,9 +266,13 @@ class AGC(ClipPolicy):
         """Whether the parameter ``name`` is left unclipped."""
         return any(name == e or name.startswith(e + ".") for e in self.exclude)
 
-    def apply_numpy(self, grads: Sequence[Any], params: Sequence[Any] | None = None,
-                    names: Sequence[str] | None = None,
-                    state: "NormHistory | None" = None) -> tuple[list[np.ndarray], bool]:
+    def apply_numpy(
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any] | None = None,
+        names: Sequence[str] | None = None,
+        state: NormHistory | None = None,
+    ) -> tuple[list[np.ndarray], bool]:
         if params is None or len(params) != len(grads):
             raise ValueError("AGC needs the parameters (one per gradient) to measure ||W||")
         names = list(names) if names is not None else [str(i) for i in range(len(grads))]
@@ -291,12 +323,16 @@ class AutoClip(ClipPolicy):
         if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
             raise ValueError(f"history must be an int >= 1 (steps kept) or None (all), got {h!r}")
 
-    def new_state(self) -> "NormHistory":
+    def new_state(self) -> NormHistory:
         return NormHistory(self.percentile, self.history)
 
-    def apply_numpy(self, grads: Sequence[Any], params: Sequence[Any] | None = None,
-                    names: Sequence[str] | None = None,
-                    state: "NormHistory | None" = None) -> tuple[list[np.ndarray], bool]:
+    def apply_numpy(
+        self,
+        grads: Sequence[Any],
+        params: Sequence[Any] | None = None,
+        names: Sequence[str] | None = None,
+        state: NormHistory | None = None,
+    ) -> tuple[list[np.ndarray], bool]:
         if state is None:
             raise ValueError("AutoClip needs its NormHistory state (policy.new_state())")
         gs = _as_arrays(grads)
@@ -340,8 +376,12 @@ class NormHistory:
         return len(self._norms)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"percentile": self.percentile, "history": self.history,
-                "norms": list(self._norms), "threshold": self.threshold}
+        return {
+            "percentile": self.percentile,
+            "history": self.history,
+            "norms": list(self._norms),
+            "threshold": self.threshold,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.percentile = float(state["percentile"])
@@ -350,12 +390,10 @@ class NormHistory:
         self.threshold = float(state["threshold"])
 
     def __repr__(self) -> str:
-        return (f"NormHistory(p={self.percentile:g}, {len(self)} norms, "
-                f"threshold={self.threshold:.4g})")
+        return f"NormHistory(p={self.percentile:g}, {len(self)} norms, threshold={self.threshold:.4g})"
 
 
-def autoclip_thresholds(norms: Sequence[float], percentile: float,
-                        history: int | None = None) -> np.ndarray:
+def autoclip_thresholds(norms: Sequence[float], percentile: float, history: int | None = None) -> np.ndarray:
     """AutoClip's threshold at every step of a recorded norm sequence (non-finite norms skipped).
 
     Usage::

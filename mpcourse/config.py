@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
+
+from mpcourse.scaler import DynamicLossScaler, LossScaler, NoOpLossScaler, StaticLossScaler
 
 __all__ = ["TrainConfig", "PRECISIONS", "OPTIMIZERS", "LOSS_SCALE_MODES"]
 
@@ -22,7 +24,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 LOSS_SCALE_MODES: tuple[str, ...] = ("auto", "dynamic", "none")
 
-LossScale = Union[str, float]
+LossScale = str | float
 
 
 def _number(name: str, value: Any) -> float:
@@ -135,8 +137,10 @@ class TrainConfig:
             from mpcourse.clipping import ClipPolicy  # local: clipping imports nothing heavy
 
             if not isinstance(self.clip, ClipPolicy):
-                raise TypeError(f"clip must be None or a policy from mpcourse.clipping "
-                                f"(ClipByNorm, ClipByValue, AGC, AutoClip); got {self.clip!r}")
+                raise TypeError(
+                    f"clip must be None or a policy from mpcourse.clipping "
+                    f"(ClipByNorm, ClipByValue, AGC, AutoClip); got {self.clip!r}"
+                )
 
     @property
     def scaling_mode(self) -> str:
@@ -147,19 +151,25 @@ class TrainConfig:
             return self.loss_scale
         return "static"
 
-    def make_scaler(self) -> Any:
-        """A fresh mpcourse scaler for this config, or None when scaling is off."""
-        from mpcourse.scaler import DynamicLossScaler, StaticLossScaler
+    def make_scaler(self) -> LossScaler:
+        """A fresh mpcourse scaler for this config (a :class:`NoOpLossScaler` when scaling is off)."""
 
         mode = self.scaling_mode
         if mode == "static":
             return StaticLossScaler(float(self.loss_scale))
         if mode == "dynamic":
-            return DynamicLossScaler(self.init_scale, self.growth_factor, self.backoff_factor,
-                                     self.growth_interval, self.hysteresis, self.min_scale, self.max_scale)
-        return None
+            return DynamicLossScaler(
+                self.init_scale,
+                self.growth_factor,
+                self.backoff_factor,
+                self.growth_interval,
+                self.hysteresis,
+                self.min_scale,
+                self.max_scale,
+            )
+        return NoOpLossScaler()
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed, validated again."""
         return dataclasses.replace(self, **changes)
 

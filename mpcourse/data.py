@@ -14,9 +14,9 @@ Usage::
 
 from __future__ import annotations
 
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +47,9 @@ class Dataset:
         return int(self.x_train.shape[1])
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}: train {self.x_train.shape}, test {self.x_test.shape}, "
-                f"{self.num_classes} classes)")
+        return (
+            f"Dataset({self.name!r}: train {self.x_train.shape}, test {self.x_test.shape}, {self.num_classes} classes)"
+        )
 
 
 def validate_xy(x: Any, y: Any, *, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +77,10 @@ def validate_xy(x: Any, y: Any, *, what: str = "data") -> tuple[np.ndarray, np.n
     bad = ~np.isfinite(x)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(f"{what}: x contains {int(bad.sum())} NaN/inf values (first in sample "
-                         f"{int(rows[0])}); clean or drop them before training")
+        raise ValueError(
+            f"{what}: x contains {int(bad.sum())} NaN/inf values (first in sample "
+            f"{int(rows[0])}); clean or drop them before training"
+        )
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)
@@ -96,12 +99,26 @@ def _digits(seed: int) -> Dataset:
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    return Dataset("digits", x_tr, y_tr, x_te, y_te, 10,
-                   "scikit-learn's 8x8 handwritten digits, pixels scaled to [0, 1], 80/20 split")
+    return Dataset(
+        "digits",
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        10,
+        "scikit-learn's 8x8 handwritten digits, pixels scaled to [0, 1], 80/20 split",
+    )
 
 
-def _synthetic(seed: int, n_train: int = 4096, n_test: int = 1024, features: int = 784,
-               classes: int = 10, clusters: int = 3, noise: float = 4.0) -> Dataset:
+def _synthetic(
+    seed: int,
+    n_train: int = 4096,
+    n_test: int = 1024,
+    features: int = 784,
+    classes: int = 10,
+    clusters: int = 3,
+    noise: float = 4.0,
+) -> Dataset:
     # Each class is a mixture of `clusters` random centres in feature space; samples are a centre
     # plus Gaussian noise `noise` times the centres' spread. A learnable rule, not noise: the
     # classes are separable by a network, yet no single template per class describes them.
@@ -111,8 +128,15 @@ def _synthetic(seed: int, n_train: int = 4096, n_test: int = 1024, features: int
     which = rng.integers(0, clusters, n_train + n_test)
     x = centres[y, which] + noise * rng.standard_normal((n_train + n_test, features)).astype(np.float32)
     x /= x.std()
-    return Dataset("synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes,
-                   f"{features} inputs, {classes} classes, each a mixture of {clusters} Gaussian clusters")
+    return Dataset(
+        "synthetic",
+        x[:n_train],
+        y[:n_train],
+        x[n_train:],
+        y[n_train:],
+        classes,
+        f"{features} inputs, {classes} classes, each a mixture of {clusters} Gaussian clusters",
+    )
 
 
 def _underflow(seed: int, loss_weight: float = 2.0**-20, n_train: int = 1408) -> Dataset:
@@ -134,9 +158,16 @@ def _underflow(seed: int, loss_weight: float = 2.0**-20, n_train: int = 1408) ->
     # 1408 = 22 * 64 training samples: every batch of 64 (or 32, 128) is full, so no short
     # last batch carries gradients large enough to survive fp16.
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, train_size=n_train, random_state=seed, stratify=y)
-    return Dataset("underflow", x_tr, y_tr, x_te, y_te, 10,
-                   f"digits trained on {w:g} x cross-entropy: its gradients flush to zero in fp16",
-                   {"loss_weight": w, "flush_batch_size": underflow_batch_threshold(w)})
+    return Dataset(
+        "underflow",
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        10,
+        f"digits trained on {w:g} x cross-entropy: its gradients flush to zero in fp16",
+        {"loss_weight": w, "flush_batch_size": underflow_batch_threshold(w)},
+    )
 
 
 def underflow_batch_threshold(loss_weight: float) -> int:
@@ -149,8 +180,7 @@ def underflow_batch_threshold(loss_weight: float) -> int:
     return int(np.ceil(float(loss_weight) / 2.0**-25))
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits, "synthetic": _synthetic,
-                                               "underflow": _underflow}
+_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits, "synthetic": _synthetic, "underflow": _underflow}
 
 
 def register(name: str, loader: Callable[..., Dataset]) -> None:

@@ -37,10 +37,27 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["FloatFormat", "Decomposed", "FORMATS", "names", "info", "table", "round_to", "cast",
-           "decompose", "compose", "bits", "classify", "explain", "overflow_mask",
-           "underflow_mask", "subnormal_mask", "lost_update_mask", "spacing",
-           "representable_values"]
+__all__ = [
+    "FloatFormat",
+    "Decomposed",
+    "FORMATS",
+    "names",
+    "info",
+    "table",
+    "round_to",
+    "cast",
+    "decompose",
+    "compose",
+    "bits",
+    "classify",
+    "explain",
+    "overflow_mask",
+    "underflow_mask",
+    "subnormal_mask",
+    "lost_update_mask",
+    "spacing",
+    "representable_values",
+]
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,11 @@ class FloatFormat:
         return d
 
     def __repr__(self) -> str:
-        return (f"FloatFormat({self.name}: 1+{self.exponent_bits}+{self.mantissa_bits} bits, "
-                f"max {self.max:.6g}, min_normal {self.min_normal:.6g}, min_subnormal "
-                f"{self.min_subnormal:.6g}, eps {self.eps:.6g}, inf={self.has_inf})")
+        return (
+            f"FloatFormat({self.name}: 1+{self.exponent_bits}+{self.mantissa_bits} bits, "
+            f"max {self.max:.6g}, min_normal {self.min_normal:.6g}, min_subnormal "
+            f"{self.min_subnormal:.6g}, eps {self.eps:.6g}, inf={self.has_inf})"
+        )
 
 
 def _build(name: str, dtype: Any) -> FloatFormat:
@@ -100,27 +119,58 @@ def _build(name: str, dtype: Any) -> FloatFormat:
     with np.errstate(over="ignore", invalid="ignore"):
         has_inf = bool(np.isinf(np.array(np.inf).astype(dt)))
         has_nan = bool(np.isnan(np.array(np.nan).astype(dt)))
-    return FloatFormat(name=name, dtype=dt, bits=int(fi.bits), exponent_bits=int(fi.nexp),
-                       mantissa_bits=int(fi.nmant), bias=1 - int(fi.minexp), emin=int(fi.minexp),
-                       emax=int(fi.maxexp) - 1, max=float(fi.max),
-                       min_normal=float(fi.smallest_normal),
-                       min_subnormal=float(fi.smallest_subnormal), eps=float(fi.eps),
-                       has_inf=has_inf, has_nan=has_nan)
+    return FloatFormat(
+        name=name,
+        dtype=dt,
+        bits=int(fi.bits),
+        exponent_bits=int(fi.nexp),
+        mantissa_bits=int(fi.nmant),
+        bias=1 - int(fi.minexp),
+        emin=int(fi.minexp),
+        emax=int(fi.maxexp) - 1,
+        max=float(fi.max),
+        min_normal=float(fi.smallest_normal),
+        min_subnormal=float(fi.smallest_subnormal),
+        eps=float(fi.eps),
+        has_inf=has_inf,
+        has_nan=has_nan,
+    )
 
 
-FORMATS: types.MappingProxyType = types.MappingProxyType({
-    n: _build(n, d) for n, d in [("fp32", np.float32), ("fp16", np.float16),
-                                 ("bf16", ml_dtypes.bfloat16),
-                                 ("fp8_e4m3", ml_dtypes.float8_e4m3fn),
-                                 ("fp8_e5m2", ml_dtypes.float8_e5m2)]})
+FORMATS: types.MappingProxyType = types.MappingProxyType(
+    {
+        n: _build(n, d)
+        for n, d in [
+            ("fp32", np.float32),
+            ("fp16", np.float16),
+            ("bf16", ml_dtypes.bfloat16),
+            ("fp8_e4m3", ml_dtypes.float8_e4m3fn),
+            ("fp8_e5m2", ml_dtypes.float8_e5m2),
+        ]
+    }
+)
 
 _ALIASES = {
-    "fp32": "fp32", "float32": "fp32", "f32": "fp32", "single": "fp32",
-    "fp16": "fp16", "float16": "fp16", "f16": "fp16", "half": "fp16",
-    "bf16": "bf16", "bfloat16": "bf16",
-    "fp8_e4m3": "fp8_e4m3", "e4m3": "fp8_e4m3", "e4m3fn": "fp8_e4m3", "fp8e4m3": "fp8_e4m3",
-    "float8_e4m3fn": "fp8_e4m3", "fp8_e4m3fn": "fp8_e4m3",
-    "fp8_e5m2": "fp8_e5m2", "e5m2": "fp8_e5m2", "fp8e5m2": "fp8_e5m2", "float8_e5m2": "fp8_e5m2",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "f32": "fp32",
+    "single": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "f16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp8_e4m3": "fp8_e4m3",
+    "e4m3": "fp8_e4m3",
+    "e4m3fn": "fp8_e4m3",
+    "fp8e4m3": "fp8_e4m3",
+    "float8_e4m3fn": "fp8_e4m3",
+    "fp8_e4m3fn": "fp8_e4m3",
+    "fp8_e5m2": "fp8_e5m2",
+    "e5m2": "fp8_e5m2",
+    "fp8e5m2": "fp8_e5m2",
+    "float8_e5m2": "fp8_e5m2",
 }
 _UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
@@ -147,20 +197,32 @@ def info(fmt: str | FloatFormat) -> FloatFormat:
         raise TypeError(f"format must be a name such as 'fp16', got {type(fmt).__name__} {fmt!r}")
     key = _ALIASES.get(fmt.strip().lower().replace("-", "_"))
     if key is None:
-        raise ValueError(f"unknown float format {fmt!r}; allowed: {', '.join(names())} "
-                         f"(aliases: {', '.join(sorted(set(_ALIASES) - set(FORMATS)))})")
+        raise ValueError(
+            f"unknown float format {fmt!r}; allowed: {', '.join(names())} "
+            f"(aliases: {', '.join(sorted(set(_ALIASES) - set(FORMATS)))})"
+        )
     return FORMATS[key]
 
 
 def table() -> list[dict[str, Any]]:
     """One row per format for a range/precision table, e.g. ``pandas.DataFrame(table())``."""
-    return [{"format": f.name, "bits": f.bits, "exponent bits": f.exponent_bits,
-             "mantissa bits": f.mantissa_bits, "max": f.max, "min normal": f.min_normal,
-             "min subnormal": f.min_subnormal, "eps": f.eps,
-             "decimal digits": round(f.decimal_digits, 2),
-             "range (decades, normal)": round(f.decades, 2),
-             "range (binades, with subnormals)": round(f.binades, 2),
-             "has inf": f.has_inf} for f in FORMATS.values()]
+    return [
+        {
+            "format": f.name,
+            "bits": f.bits,
+            "exponent bits": f.exponent_bits,
+            "mantissa bits": f.mantissa_bits,
+            "max": f.max,
+            "min normal": f.min_normal,
+            "min subnormal": f.min_subnormal,
+            "eps": f.eps,
+            "decimal digits": round(f.decimal_digits, 2),
+            "range (decades, normal)": round(f.decades, 2),
+            "range (binades, with subnormals)": round(f.binades, 2),
+            "has inf": f.has_inf,
+        }
+        for f in FORMATS.values()
+    ]
 
 
 def _as_float64(x: Any) -> np.ndarray:
@@ -168,8 +230,9 @@ def _as_float64(x: Any) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind in "iuf" or arr.dtype in {f.dtype for f in FORMATS.values()}:
         return arr.astype(np.float64)
-    raise TypeError(f"expected real numbers (a number, list or numpy array), got "
-                    f"{type(x).__name__} of dtype {arr.dtype}: {x!r:.80}")
+    raise TypeError(
+        f"expected real numbers (a number, list or numpy array), got {type(x).__name__} of dtype {arr.dtype}: {x!r:.80}"
+    )
 
 
 def _to_f32_round_to_odd(x: np.ndarray) -> np.ndarray:
@@ -231,23 +294,32 @@ def decompose(x: Any, fmt: str | FloatFormat) -> Decomposed:
     field = (raw >> f.mantissa_bits) & ((1 << f.exponent_bits) - 1)
     normal = field > 0
     a = np.asarray
-    return Decomposed(fmt=f.name, value=round_to(x, f), sign=a(raw >> (f.bits - 1)),
-                      exponent_field=a(field), exponent=a(np.where(normal, field - f.bias, f.emin)),
-                      implicit=a(normal.astype(np.int64)),
-                      mantissa=a(raw & ((1 << f.mantissa_bits) - 1)))
+    return Decomposed(
+        fmt=f.name,
+        value=round_to(x, f),
+        sign=a(raw >> (f.bits - 1)),
+        exponent_field=a(field),
+        exponent=a(np.where(normal, field - f.bias, f.emin)),
+        implicit=a(normal.astype(np.int64)),
+        mantissa=a(raw & ((1 << f.mantissa_bits) - 1)),
+    )
 
 
 def compose(sign: Any, exponent_field: Any, mantissa: Any, fmt: str | FloatFormat) -> np.ndarray:
     """Assemble bit fields into float64 values: ``compose(0, 15, 0, "fp16")`` -> 1.0."""
     f = info(fmt)
     s, e, m = (np.asarray(v, dtype=np.int64) for v in (sign, exponent_field, mantissa))
-    if (np.any((s < 0) | (s > 1)) or np.any((e < 0) | (e >> f.exponent_bits > 0))
-            or np.any((m < 0) | (m >> f.mantissa_bits > 0))):
-        raise ValueError(f"bit fields out of range for {f.name}: sign in {{0, 1}}, exponent "
-                         f"field < {2**f.exponent_bits}, mantissa < {2**f.mantissa_bits}")
+    if (
+        np.any((s < 0) | (s > 1))
+        or np.any((e < 0) | (e >> f.exponent_bits > 0))
+        or np.any((m < 0) | (m >> f.mantissa_bits > 0))
+    ):
+        raise ValueError(
+            f"bit fields out of range for {f.name}: sign in {{0, 1}}, exponent "
+            f"field < {2**f.exponent_bits}, mantissa < {2**f.mantissa_bits}"
+        )
     raw = (s << (f.bits - 1)) | (e << f.mantissa_bits) | m
-    return np.atleast_1d(raw.astype(_UINT[f.bits])).view(f.dtype).astype(np.float64).reshape(
-        raw.shape)
+    return np.atleast_1d(raw.astype(_UINT[f.bits])).view(f.dtype).astype(np.float64).reshape(raw.shape)
 
 
 def bits(x: float, fmt: str | FloatFormat) -> str:
@@ -255,8 +327,7 @@ def bits(x: float, fmt: str | FloatFormat) -> str:
     if np.ndim(x) != 0:
         raise ValueError(f"bits() takes one number, got an array of shape {np.shape(x)}")
     f, d = info(fmt), decompose(x, fmt)
-    return (f"{int(d.sign)} {int(d.exponent_field):0{f.exponent_bits}b} "
-            f"{int(d.mantissa):0{f.mantissa_bits}b}")
+    return f"{int(d.sign)} {int(d.exponent_field):0{f.exponent_bits}b} {int(d.mantissa):0{f.mantissa_bits}b}"
 
 
 def overflow_mask(x: Any, fmt: str | FloatFormat) -> np.ndarray:
@@ -283,10 +354,14 @@ def classify(x: Any, fmt: str | FloatFormat) -> np.ndarray:
     x64 = _as_float64(x)
     r = np.abs(round_to(x64, fmt))
     out = np.full(x64.shape, "normal", dtype="<U9")
-    for label, mask in [("subnormal", (r > 0) & (r < info(fmt).min_normal)), ("zero", x64 == 0),
-                        ("underflow", underflow_mask(x64, fmt)),
-                        ("overflow", overflow_mask(x64, fmt)), ("inf", np.isinf(x64)),
-                        ("nan", np.isnan(x64))]:
+    for label, mask in [
+        ("subnormal", (r > 0) & (r < info(fmt).min_normal)),
+        ("zero", x64 == 0),
+        ("underflow", underflow_mask(x64, fmt)),
+        ("overflow", overflow_mask(x64, fmt)),
+        ("inf", np.isinf(x64)),
+        ("nan", np.isnan(x64)),
+    ]:
         out[mask] = label
     return out
 
@@ -302,8 +377,16 @@ def explain(x: float) -> list[dict[str, Any]]:
         # overflow of a finite number is an infinite error; inf/nan inputs have none to speak of
         err = abs(stored - x64) if math.isfinite(x64) else math.nan
         rel = err / abs(x64) if x64 != 0 else (0.0 if err == 0 else math.nan)
-        rows.append({"format": f.name, "bits": bits(x64, f), "stored": stored, "abs error": err,
-                     "rel error": rel, "class": str(classify(x64, f))})
+        rows.append(
+            {
+                "format": f.name,
+                "bits": bits(x64, f),
+                "stored": stored,
+                "abs error": err,
+                "rel error": rel,
+                "class": str(classify(x64, f)),
+            }
+        )
     return rows
 
 
@@ -334,8 +417,11 @@ def lost_update_mask(weights: Any, updates: Any, fmt: str | FloatFormat) -> np.n
     return (u != 0) & (round_to(w + u, fmt) == w)
 
 
-def representable_values(fmt: str | FloatFormat, lo: float = -math.inf, hi: float = math.inf,
-                         ) -> np.ndarray:
+def representable_values(
+    fmt: str | FloatFormat,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+) -> np.ndarray:
     """Every finite value of an 8- or 16-bit format in ``[lo, hi]``, sorted, from all bit patterns.
 
     ``representable_values("fp8_e5m2", 1, 2)`` -> array([1., 1.25, 1.5, 1.75, 2.]).
@@ -346,12 +432,14 @@ def representable_values(fmt: str | FloatFormat, lo: float = -math.inf, hi: floa
     """
     f = info(fmt)
     if f.bits > 16:
-        raise ValueError(f"representable_values enumerates 8- and 16-bit formats only, got "
-                         f"{f.name}; allowed: {', '.join(n for n in names() if FORMATS[n].bits <= 16)}")
+        raise ValueError(
+            f"representable_values enumerates 8- and 16-bit formats only, got "
+            f"{f.name}; allowed: {', '.join(n for n in names() if FORMATS[n].bits <= 16)}"
+        )
     lo, hi = float(_as_float64(lo)), float(_as_float64(hi))
     if lo > hi:
         raise ValueError(f"lo must be <= hi, got lo={lo!r}, hi={hi!r}")
     with np.errstate(invalid="ignore"):  # the NaN patterns
-        vals = np.arange(2 ** f.bits).astype(_UINT[f.bits]).view(f.dtype).astype(np.float64)
+        vals = np.arange(2**f.bits).astype(_UINT[f.bits]).view(f.dtype).astype(np.float64)
     vals = np.unique(vals[np.isfinite(vals)])
     return vals[(vals >= lo) & (vals <= hi)]

@@ -9,7 +9,7 @@ Usage::
     hardware.host()             # platform, python, numpy, cpu, cores: for results files
 
 Framework-neutral (reads ``/proc/cpuinfo`` on Linux); devices are described by the engines'
-bench helpers (``mpcourse.engines.torch_bench.device_info``).
+bench helpers (``mpcourse.engines.torch.bench.device_info``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,17 @@ __all__ = ["cpu_model", "cpu_flags", "LOW_PRECISION_FLAGS", "host"]
 
 #: CPU flags that matter for fp16/bf16 matmuls, in the order they are printed.
 LOW_PRECISION_FLAGS: tuple[str, ...] = (
-    "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-    "amx_tile", "amx_bf16", "amx_fp16")
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_fp16",
+)
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -61,5 +70,11 @@ def host() -> dict[str, Any]:
     """Platform, Python, numpy and CPU of this process, for a results file."""
     import numpy as np
 
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "numpy": np.__version__,
-            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()}
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+    }

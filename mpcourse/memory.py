@@ -15,13 +15,12 @@ Model state is what lives for the whole run: weights, gradients and optimizer mo
 mixed precision the weights the optimizer updates stay fp32 ("master weights") and Adam's
 moments stay fp32, so model state does not shrink. What shrinks is what a step creates and
 throws away: the activations saved for the backward pass (measured by
-``mpcourse.engines.torch_bench.saved_activation_bytes``).
+``mpcourse.engines.torch.bench.saved_activation_bytes``).
 """
 
 from __future__ import annotations
 
-__all__ = ["state_bytes_per_param", "model_state_bytes", "RECIPES", "matmul_intensity",
-           "elementwise_intensity"]
+__all__ = ["state_bytes_per_param", "model_state_bytes", "RECIPES", "matmul_intensity", "elementwise_intensity"]
 
 RECIPES: tuple[str, ...] = ("autocast", "half copy", "pure half")
 _MOMENTS = {"adam": ("Adam m", "Adam v"), "adamw": ("AdamW m", "AdamW v"), "sgd": ("SGD momentum",)}

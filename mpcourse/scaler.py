@@ -44,7 +44,7 @@ import numpy as np
 
 from mpcourse._validate import positive_finite
 
-__all__ = ["LossScaler", "StaticLossScaler", "DynamicLossScaler", "scaler_from_state_dict"]
+__all__ = ["LossScaler", "NoOpLossScaler", "StaticLossScaler", "DynamicLossScaler", "scaler_from_state_dict"]
 
 
 def _f32(x: float) -> float:
@@ -63,7 +63,14 @@ def _positive_int(name: str, value: Any) -> int:
 
 @runtime_checkable
 class LossScaler(Protocol):
-    """The interface every scaler offers; engines speak only this."""
+    """The interface every scaler offers; engines speak only this.
+
+    ``kind`` names it in a state dict; ``skips_nonfinite`` says whether a step whose gradients
+    hold inf/nan is skipped (static, dynamic) or applied as a plain loop applies it (no-op).
+    """
+
+    kind: str
+    skips_nonfinite: bool
 
     @property
     def scale(self) -> float: ...
@@ -107,6 +114,44 @@ def _check_verdict(found_inf: Any) -> bool:
     return bool(found_inf)
 
 
+class NoOpLossScaler:
+    """No loss scaling, as an object with the scalers' interface (``GradScaler(enabled=False)``).
+
+    Usage::
+
+        s = NoOpLossScaler()
+        s.scale                     # 1.0, always
+        s.update(found_inf=True)    # nothing changes; the engine applies the step anyway
+        s.skips_nonfinite           # False: a plain loop, even a non-finite step is applied
+
+    Engines hold one scaler object in every precision, so their step has one path: fp32, bf16
+    and ``loss_scale="none"`` get this one. It keeps no state.
+    """
+
+    kind = "none"
+    skips_nonfinite = False
+
+    @property
+    def scale(self) -> float:
+        """Always 1.0."""
+        return 1.0
+
+    def update(self, found_inf: bool) -> None:
+        """Check the verdict's type; the scaler has nothing to change."""
+        _check_verdict(found_inf)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Only the kind: there is no state."""
+        return {"kind": self.kind}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept only a no-op scaler's state dict."""
+        _expect_keys(state, self.state_dict(), self.kind)
+
+    def __repr__(self) -> str:
+        return "NoOpLossScaler()"
+
+
 class StaticLossScaler(_Counters):
     """A fixed loss scale; non-finite steps are still skipped and counted.
 
@@ -121,6 +166,7 @@ class StaticLossScaler(_Counters):
     """
 
     kind = "static"
+    skips_nonfinite = True
 
     def __init__(self, scale: float) -> None:
         self._scale = _f32(positive_finite("scale", scale))
@@ -137,8 +183,13 @@ class StaticLossScaler(_Counters):
 
     def state_dict(self) -> dict[str, Any]:
         """Every field, so ``load_state_dict`` restores the scaler exactly."""
-        return {"kind": self.kind, "scale": self._scale, "total_steps": self.total_steps,
-                "total_skipped": self.total_skipped, "consecutive_skipped": self.consecutive_skipped}
+        return {
+            "kind": self.kind,
+            "scale": self._scale,
+            "total_steps": self.total_steps,
+            "total_skipped": self.total_skipped,
+            "consecutive_skipped": self.consecutive_skipped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; a dict of another kind or with missing keys is refused."""
@@ -173,10 +224,18 @@ class DynamicLossScaler(_Counters):
     """
 
     kind = "dynamic"
+    skips_nonfinite = True
 
-    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
-                 backoff_factor: float = 0.5, growth_interval: int = 2000, hysteresis: int = 1,
-                 min_scale: float | None = None, max_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        hysteresis: int = 1,
+        min_scale: float | None = None,
+        max_scale: float | None = None,
+    ) -> None:
         self.init_scale = _f32(positive_finite("init_scale", init_scale))
         self.growth_factor = positive_finite("growth_factor", growth_factor)
         if self.growth_factor <= 1.0:
@@ -233,20 +292,35 @@ class DynamicLossScaler(_Counters):
 
     def state_dict(self) -> dict[str, Any]:
         """Every field (settings, state and counters), so a restored scaler continues exactly."""
-        return {"kind": self.kind, "scale": self._scale, "init_scale": self.init_scale,
-                "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
-                "growth_interval": self.growth_interval, "hysteresis": self.hysteresis,
-                "min_scale": self.min_scale, "max_scale": self.max_scale,
-                "growth_tracker": self.growth_tracker, "hysteresis_left": self.hysteresis_left,
-                "total_steps": self.total_steps, "total_skipped": self.total_skipped,
-                "consecutive_skipped": self.consecutive_skipped}
+        return {
+            "kind": self.kind,
+            "scale": self._scale,
+            "init_scale": self.init_scale,
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+            "growth_interval": self.growth_interval,
+            "hysteresis": self.hysteresis,
+            "min_scale": self.min_scale,
+            "max_scale": self.max_scale,
+            "growth_tracker": self.growth_tracker,
+            "hysteresis_left": self.hysteresis_left,
+            "total_steps": self.total_steps,
+            "total_skipped": self.total_skipped,
+            "consecutive_skipped": self.consecutive_skipped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; settings are validated as in the constructor."""
         _expect_keys(state, self.state_dict(), self.kind)
-        fresh = DynamicLossScaler(state["init_scale"], state["growth_factor"], state["backoff_factor"],
-                                  state["growth_interval"], state["hysteresis"], state["min_scale"],
-                                  state["max_scale"])
+        fresh = DynamicLossScaler(
+            state["init_scale"],
+            state["growth_factor"],
+            state["backoff_factor"],
+            state["growth_interval"],
+            state["hysteresis"],
+            state["min_scale"],
+            state["max_scale"],
+        )
         fresh._scale = _f32(positive_finite("scale", state["scale"]))
         fresh.growth_tracker = int(state["growth_tracker"])
         fresh.hysteresis_left = int(state["hysteresis_left"])
@@ -256,8 +330,10 @@ class DynamicLossScaler(_Counters):
         self.__dict__.update(fresh.__dict__)
 
     def __repr__(self) -> str:
-        return (f"DynamicLossScaler(scale={self._scale:g}, growth_interval={self.growth_interval}, "
-                f"hysteresis={self.hysteresis}, skipped={self.total_skipped}/{self.total_steps})")
+        return (
+            f"DynamicLossScaler(scale={self._scale:g}, growth_interval={self.growth_interval}, "
+            f"hysteresis={self.hysteresis}, skipped={self.total_skipped}/{self.total_steps})"
+        )
 
 
 def _expect_keys(state: Any, reference: dict[str, Any], kind: str) -> None:
@@ -270,14 +346,17 @@ def _expect_keys(state: Any, reference: dict[str, Any], kind: str) -> None:
         raise ValueError(f"scaler state_dict is missing keys {missing}")
 
 
-def scaler_from_state_dict(state: dict[str, Any]) -> StaticLossScaler | DynamicLossScaler:
-    """Build the right scaler from a state dict written by either kind."""
+def scaler_from_state_dict(state: dict[str, Any]) -> NoOpLossScaler | StaticLossScaler | DynamicLossScaler:
+    """Build the right scaler from a state dict written by any kind."""
     kind = state.get("kind") if isinstance(state, dict) else None
-    if kind == "static":
-        s: StaticLossScaler | DynamicLossScaler = StaticLossScaler(state["scale"])
+    s: NoOpLossScaler | StaticLossScaler | DynamicLossScaler
+    if kind == "none":
+        s = NoOpLossScaler()
+    elif kind == "static":
+        s = StaticLossScaler(state["scale"])
     elif kind == "dynamic":
         s = DynamicLossScaler()
     else:
-        raise ValueError(f"unknown scaler kind {kind!r}; expected 'static' or 'dynamic'")
+        raise ValueError(f"unknown scaler kind {kind!r}; expected 'none', 'static' or 'dynamic'")
     s.load_state_dict(state)
     return s

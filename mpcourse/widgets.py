@@ -23,21 +23,25 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 
-from mpcourse import formats, plots, runs
+from mpcourse import formats, plots
 from mpcourse.config import PRECISIONS, TrainConfig
 from mpcourse.data import Dataset
-from mpcourse.engines.base import BACKENDS, History
+from mpcourse.engines import BACKENDS, missing_reason
+from mpcourse.history import History
+from mpcourse.studies import runs
 
 __all__ = ["HistoryInspector", "ClipExplorer", "FormatExplorer", "LossScalingPanel"]
 
 
 # --- notebook 05: an inspector over a History ------------------------------------------------------
+
 
 class HistoryInspector:
     """Pick a run, slide through its steps: the figure, the step's record and the findings.
@@ -54,12 +58,16 @@ class HistoryInspector:
         widget: the whole panel.
     """
 
-    def __init__(self, histories: History | Mapping[str, History], reference: str | None = None,
-                 **thresholds: Any) -> None:
+    def __init__(
+        self, histories: History | Mapping[str, History], reference: str | None = None, **thresholds: Any
+    ) -> None:
         if isinstance(histories, History):
             histories = {str(histories.meta.get("precision", "run")): histories}
-        if not isinstance(histories, Mapping) or not histories or not all(
-                isinstance(h, History) and len(h) for h in histories.values()):
+        if (
+            not isinstance(histories, Mapping)
+            or not histories
+            or not all(isinstance(h, History) and len(h) for h in histories.values())
+        ):
             raise TypeError("histories must be a non-empty History or a mapping of names to non-empty Histories")
         if reference is not None and reference not in histories:
             raise ValueError(f"reference {reference!r} is not one of the runs: {', '.join(histories)}")
@@ -67,9 +75,12 @@ class HistoryInspector:
 
         self.histories = dict(histories)
         self.reference = reference
-        self.diagnoses = {name: debug.diagnose(h, self.histories[reference] if reference and name != reference
-                                               else None, **thresholds)
-                          for name, h in self.histories.items()}
+        self.diagnoses = {
+            name: debug.diagnose(
+                h, self.histories[reference] if reference and name != reference else None, **thresholds
+            )
+            for name, h in self.histories.items()
+        }
         self.run = W.Dropdown(options=list(self.histories), description="run")
         self.step = W.IntSlider(description="step", continuous_update=False)
         self.record = W.HTML()
@@ -102,21 +113,29 @@ class HistoryInspector:
         i = int(self.step.value) - int(h.column("step")[0])
         r = h.records[i]
         loss = f"{r.loss:.5g}" if math.isfinite(r.loss) else f"<b style='color:crimson'>{r.loss}</b>"
-        flag = " <b style='color:crimson'>overflow: step skipped</b>" if r.skipped else (
-            " <b style='color:crimson'>non-finite gradients applied</b>" if r.found_inf else "")
-        self.record.value = (f"<p>step {r.step} (epoch {r.epoch}): loss {loss}, scale {r.scale:g}, "
-                             f"grad norm {r.grad_norm:.4g}, {r.samples} samples in "
-                             f"{1e3 * r.seconds:.1f} ms{flag}</p>")
-        self.figure = plots.history_panels(h, self.diagnoses[self.run.value], step=r.step,
-                                           title=f"Run inspector: {html.escape(str(self.run.value))}")
+        flag = (
+            " <b style='color:crimson'>overflow: step skipped</b>"
+            if r.skipped
+            else (" <b style='color:crimson'>non-finite gradients applied</b>" if r.found_inf else "")
+        )
+        self.record.value = (
+            f"<p>step {r.step} (epoch {r.epoch}): loss {loss}, scale {r.scale:g}, "
+            f"grad norm {r.grad_norm:.4g}, {r.samples} samples in "
+            f"{1e3 * r.seconds:.1f} ms{flag}</p>"
+        )
+        self.figure = plots.history_panels(
+            h, self.diagnoses[self.run.value], step=r.step, title=f"Run inspector: {html.escape(str(self.run.value))}"
+        )
         self.plot.clear_output(wait=True)
         with self.plot:
             self.figure.show()
 
     def __repr__(self) -> str:
-        return (f"HistoryInspector({len(self.histories)} runs: "
-                + ", ".join(f"{n}: {len(h)} steps, {len(self.diagnoses[n])} finding(s)"
-                            for n, h in self.histories.items()) + ")")
+        return (
+            f"HistoryInspector({len(self.histories)} runs: "
+            + ", ".join(f"{n}: {len(h)} steps, {len(self.diagnoses[n])} finding(s)" for n, h in self.histories.items())
+            + ")"
+        )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs) or {}
@@ -126,6 +145,7 @@ class HistoryInspector:
 
 
 # --- notebook 04: gradient clipping ------------------------------------------------------------
+
 
 class ClipExplorer:
     """Pick a clipping strategy and its threshold; the run retrains and the figure follows.
@@ -150,9 +170,10 @@ class ClipExplorer:
 
     STRATEGIES = ("none", "norm", "value", "agc", "autoclip")
 
-    def __init__(self, task: Dataset, config: TrainConfig, *, model: str = "deep_mlp", steps: int = 46,
-                 backend: str = "torch") -> None:
-        from mpcourse import clip_study
+    def __init__(
+        self, task: Dataset, config: TrainConfig, *, model: str = "deep_mlp", steps: int = 46, backend: str = "torch"
+    ) -> None:
+        from mpcourse.studies import clip_study
 
         if not isinstance(task, Dataset):
             raise TypeError(f"task must be an mpcourse Dataset, got {type(task).__name__}")
@@ -162,23 +183,25 @@ class ClipExplorer:
         style = {"description_width": "150px"}
         slider = dict(style=style, continuous_update=False, readout_format=".3g")
         self.strategy = W.Dropdown(options=self.STRATEGIES, value="norm", description="strategy", style=style)
-        self.max_norm = W.FloatLogSlider(value=1.0, base=10, min=-2, max=2, step=0.1,
-                                         description="max_norm (norm)", **slider)
-        self.clip_value = W.FloatLogSlider(value=0.05, base=10, min=-4, max=0, step=0.1,
-                                           description="clip_value (value)", **slider)
-        self.clipping = W.FloatLogSlider(value=0.01, base=10, min=-3, max=0, step=0.1,
-                                         description="lambda (agc)", **slider)
-        self.percentile = W.FloatSlider(value=10.0, min=1.0, max=100.0, step=1.0,
-                                        description="percentile (autoclip)", **slider)
+        self.max_norm = W.FloatLogSlider(
+            value=1.0, base=10, min=-2, max=2, step=0.1, description="max_norm (norm)", **slider
+        )
+        self.clip_value = W.FloatLogSlider(
+            value=0.05, base=10, min=-4, max=0, step=0.1, description="clip_value (value)", **slider
+        )
+        self.clipping = W.FloatLogSlider(
+            value=0.01, base=10, min=-3, max=0, step=0.1, description="lambda (agc)", **slider
+        )
+        self.percentile = W.FloatSlider(
+            value=10.0, min=1.0, max=100.0, step=1.0, description="percentile (autoclip)", **slider
+        )
         self.status = W.HTML()
-        self.baseline = clip_study.train(task, config, None, name="none", model=model, steps=steps,
-                                         backend=backend)
+        self.baseline = clip_study.train(task, config, None, name="none", model=model, steps=steps, backend=backend)
         self.last_run = self.baseline
         self.figure = go.FigureWidget(self._empty_figure())
         for w in (self.strategy, self.max_norm, self.clip_value, self.clipping, self.percentile):
             w.observe(self.update, names="value")
-        controls = W.VBox([self.strategy, self.max_norm, self.clip_value, self.clipping, self.percentile,
-                           self.status])
+        controls = W.VBox([self.strategy, self.max_norm, self.clip_value, self.clipping, self.percentile, self.status])
         self.widget = W.VBox([controls, self.figure])
         self.update()
 
@@ -187,30 +210,47 @@ class ClipExplorer:
         from mpcourse.clipping import AGC, AutoClip, ClipByNorm, ClipByValue
 
         s = self.strategy.value
-        return {"none": lambda: None, "norm": lambda: ClipByNorm(float(self.max_norm.value)),
-                "value": lambda: ClipByValue(float(self.clip_value.value)),
-                "agc": lambda: AGC(clipping=float(self.clipping.value)),
-                "autoclip": lambda: AutoClip(percentile=float(self.percentile.value))}[s]()
+        return {
+            "none": lambda: None,
+            "norm": lambda: ClipByNorm(float(self.max_norm.value)),
+            "value": lambda: ClipByValue(float(self.clip_value.value)),
+            "agc": lambda: AGC(clipping=float(self.clipping.value)),
+            "autoclip": lambda: AutoClip(percentile=float(self.percentile.value)),
+        }[s]()
 
     def _empty_figure(self) -> go.Figure:
-        fig = plots.clip_comparison({"no clipping": self.baseline.history, "this strategy": self.baseline.history},
-                                    title=f"Clipping explorer: {self.model} on {self.task.name!r}")
-        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name="threshold",
-                                 line=dict(color="black", dash="dash")), row=2, col=1)
+        fig = plots.clip_comparison(
+            {"no clipping": self.baseline.history, "this strategy": self.baseline.history},
+            title=f"Clipping explorer: {self.model} on {self.task.name!r}",
+        )
+        fig.add_trace(
+            go.Scatter(x=[], y=[], mode="lines", name="threshold", line=dict(color="black", dash="dash")), row=2, col=1
+        )
         return fig
 
     def update(self, change: Any = None) -> None:
         """Retrain with the current controls and redraw (called on every control change)."""
-        from mpcourse import clip_study
+        from mpcourse.studies import clip_study
 
-        active = {"norm": self.max_norm, "value": self.clip_value, "agc": self.clipping,
-                  "autoclip": self.percentile}.get(self.strategy.value)
+        active = {
+            "norm": self.max_norm,
+            "value": self.clip_value,
+            "agc": self.clipping,
+            "autoclip": self.percentile,
+        }.get(self.strategy.value)
         for w in (self.max_norm, self.clip_value, self.clipping, self.percentile):
             w.disabled = w is not active
         self.status.value = "training..."
         try:
-            run = clip_study.train(self.task, self.config, self.policy(), name=self.strategy.value,
-                                   model=self.model, steps=self.steps, backend=self.backend)
+            run = clip_study.train(
+                self.task,
+                self.config,
+                self.policy(),
+                name=self.strategy.value,
+                model=self.model,
+                steps=self.steps,
+                backend=self.backend,
+            )
         except Exception as err:  # show it in the panel; the figure keeps the last good run
             self.status.value = f"<b>failed:</b> {html.escape(str(err))}"
             raise
@@ -230,8 +270,10 @@ class ClipExplorer:
         final = clip_study.summarize({run.name: run})[0]
         loss_txt = f"{final['final_loss']:.3f}" if math.isfinite(final["final_loss"]) else "non-finite"
         base = clip_study.summarize({"none": self.baseline})[0]["final_loss"]
-        self.status.value = (f"{self.policy()!r}: final loss {loss_txt} nats (no clipping: {base:.3f}), "
-                             f"clipped {final['clipped']:.0%} of steps, test accuracy {final['accuracy']:.1%}")
+        self.status.value = (
+            f"{self.policy()!r}: final loss {loss_txt} nats (no clipping: {base:.3f}), "
+            f"clipped {final['clipped']:.0%} of steps, test accuracy {final['accuracy']:.1%}"
+        )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs) or {}
@@ -240,11 +282,11 @@ class ClipExplorer:
         return bundle
 
     def __repr__(self) -> str:
-        return (f"ClipExplorer(model={self.model!r}, strategy={self.strategy.value!r}, "
-                f"steps={self.steps})")
+        return f"ClipExplorer(model={self.model!r}, strategy={self.strategy.value!r}, steps={self.steps})"
 
 
 # --- notebooks 01 and 02: format explorer, loss-scaling panel ---------------------------------------
+
 
 class _Displayable:
     """Shows ``self.widget`` in Jupyter, with a short, stable text repr for plain outputs."""
@@ -259,6 +301,7 @@ class _Displayable:
 
 
 # --- notebook 01: one number in every format ------------------------------------------------------
+
 
 class FormatExplorer(_Displayable):
     """Type a number; see its bits, stored value and rounding error in every format.
@@ -288,23 +331,29 @@ class FormatExplorer(_Displayable):
             x = float(self.text.value.replace("_", ""))
         except ValueError:
             self.rows = []
-            self.table.value = (f"<b>Not a number: {html.escape(self.text.value)!s}</b> "
-                                "(type e.g. 0.1, 1e-8, 70000 or -2.5)")
+            self.table.value = (
+                f"<b>Not a number: {html.escape(self.text.value)!s}</b> (type e.g. 0.1, 1e-8, 70000 or -2.5)"
+            )
             return
         self.rows = [r for r in formats.explain(x) if r["format"] in self.fmts]
         cells = "".join(
             f"<tr><td>{r['format']}</td><td style='font-family:monospace'>{r['bits']}</td>"
             f"<td>{r['stored']!r}</td><td>{r['abs error']:.3g}</td><td>{r['rel error']:.3g}</td>"
-            f"<td>{r['class']}</td></tr>" for r in self.rows)
-        self.table.value = ("<table><tr><th>format</th><th>bits (sign exponent mantissa)</th>"
-                            "<th>stored value</th><th>abs error</th><th>rel error</th><th>class</th></tr>"
-                            f"{cells}</table>")
+            f"<td>{r['class']}</td></tr>"
+            for r in self.rows
+        )
+        self.table.value = (
+            "<table><tr><th>format</th><th>bits (sign exponent mantissa)</th>"
+            "<th>stored value</th><th>abs error</th><th>rel error</th><th>class</th></tr>"
+            f"{cells}</table>"
+        )
 
     def __repr__(self) -> str:
         return f"FormatExplorer(value={self.text.value!r}, formats={self.fmts})"
 
 
 # --- notebook 02: the loss-scaling control panel ---------------------------------------------------
+
 
 class LossScalingPanel(_Displayable):
     """Sliders for every loss-scaling setting, a Train button and a live loss/scale figure.
@@ -325,27 +374,38 @@ class LossScalingPanel(_Displayable):
         backend: the one selected first (default: the first offered).
     """
 
-    def __init__(self, task: Dataset, *, steps: int = 60, model: str = "mlp", device: str = "auto",
-                 backends: Sequence[str] | None = None, backend: str | None = None) -> None:
+    def __init__(
+        self,
+        task: Dataset,
+        *,
+        steps: int = 60,
+        model: str = "mlp",
+        device: str = "auto",
+        backends: Sequence[str] | None = None,
+        backend: str | None = None,
+    ) -> None:
         if not isinstance(task, Dataset):
             raise TypeError(f"task must be an mpcourse Dataset, got {type(task).__name__}")
-        offered = list(backends) if backends is not None else [b for b in BACKENDS if runs.backend_ready(b)]
+        offered = list(backends) if backends is not None else [b for b in BACKENDS if missing_reason(b) is None]
         if not offered:
             raise ValueError("no backend can run here; install torch or mlx (see `mpcourse doctor`)")
         self.task, self.model, self.device = task, model, device
         style = {"description_width": "110px"}
-        self.init_scale = W.FloatLogSlider(value=2.0**16, base=2, min=0, max=48, step=1,
-                                           description="init scale", style=style, readout_format=".3g")
-        self.growth_factor = W.FloatSlider(value=2.0, min=1.25, max=8.0, step=0.25, description="growth factor",
-                                           style=style)
-        self.backoff_factor = W.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="backoff factor",
-                                            style=style)
+        self.init_scale = W.FloatLogSlider(
+            value=2.0**16, base=2, min=0, max=48, step=1, description="init scale", style=style, readout_format=".3g"
+        )
+        self.growth_factor = W.FloatSlider(
+            value=2.0, min=1.25, max=8.0, step=0.25, description="growth factor", style=style
+        )
+        self.backoff_factor = W.FloatSlider(
+            value=0.5, min=0.05, max=0.95, step=0.05, description="backoff factor", style=style
+        )
         self.growth_interval = W.IntSlider(value=10, min=1, max=200, description="growth interval", style=style)
         self.hysteresis = W.IntSlider(value=1, min=1, max=8, description="hysteresis", style=style)
-        self.precision = W.ToggleButtons(options=list(PRECISIONS), value="fp16", description="precision",
-                                         style=style)
-        self.loss_scale = W.ToggleButtons(options=["dynamic", "static", "none"], value="dynamic",
-                                          description="loss scale", style=style)
+        self.precision = W.ToggleButtons(options=list(PRECISIONS), value="fp16", description="precision", style=style)
+        self.loss_scale = W.ToggleButtons(
+            options=["dynamic", "static", "none"], value="dynamic", description="loss scale", style=style
+        )
         if backend is not None and backend not in offered:
             raise ValueError(f"backend {backend!r} is not among those offered here: {offered}")
         self.backend = W.Dropdown(options=offered, value=backend or offered[0], description="backend", style=style)
@@ -355,27 +415,48 @@ class LossScalingPanel(_Displayable):
         self.figure = go.FigureWidget(plots.loss_and_scale(title=f"Loss and loss scale on {task.name!r}"))
         self.last_run: runs.Run | None = None
         self.button.on_click(self.train)
-        controls = W.VBox([self.precision, self.loss_scale, self.backend, self.init_scale, self.growth_factor,
-                           self.backoff_factor, self.growth_interval, self.hysteresis, self.steps,
-                           W.HBox([self.button, self.status])])
+        controls = W.VBox(
+            [
+                self.precision,
+                self.loss_scale,
+                self.backend,
+                self.init_scale,
+                self.growth_factor,
+                self.backoff_factor,
+                self.growth_interval,
+                self.hysteresis,
+                self.steps,
+                W.HBox([self.button, self.status]),
+            ]
+        )
         self.widget = W.VBox([controls, self.figure])
 
     def config(self) -> TrainConfig:
         """The TrainConfig the controls describe (a static run uses ``init scale`` as its scale)."""
         mode = self.loss_scale.value
-        return TrainConfig(precision=self.precision.value,
-                           loss_scale=float(self.init_scale.value) if mode == "static" else mode,
-                           init_scale=float(self.init_scale.value), growth_factor=float(self.growth_factor.value),
-                           backoff_factor=float(self.backoff_factor.value),
-                           growth_interval=int(self.growth_interval.value), hysteresis=int(self.hysteresis.value))
+        return TrainConfig(
+            precision=self.precision.value,
+            loss_scale=float(self.init_scale.value) if mode == "static" else mode,
+            init_scale=float(self.init_scale.value),
+            growth_factor=float(self.growth_factor.value),
+            backoff_factor=float(self.backoff_factor.value),
+            growth_interval=int(self.growth_interval.value),
+            hysteresis=int(self.hysteresis.value),
+        )
 
     def train(self, _button: Any = None) -> runs.Run:
         """Run ``steps`` steps with the current settings and redraw the figure (the Train button)."""
         self.button.disabled = True
         self.status.value = "training..."
         try:
-            run = runs.train(self.task, self.config(), backend=self.backend.value, model=self.model,
-                             device=self.device, steps=int(self.steps.value))
+            run = runs.train(
+                self.task,
+                self.config(),
+                backend=self.backend.value,
+                model=self.model,
+                device=self.device,
+                steps=int(self.steps.value),
+            )
         except Exception as err:  # show it in the panel; the figure keeps the last good run
             self.status.value = f"<b>failed:</b> {html.escape(str(err))}"
             raise
@@ -390,12 +471,13 @@ class LossScalingPanel(_Displayable):
             self.figure.layout.yaxis2.update(**plots.log2_ticks(h.scales))
         final = run.losses[-1]
         loss_txt = f"{final:.3f} nats" if math.isfinite(final) else "non-finite"
-        self.status.value = (f"{h.meta['backend']}:{h.meta['device']} {h.meta['precision']} "
-                             f"{h.meta['scaling']}: final loss {loss_txt}, test accuracy {run.accuracy:.1%}, "
-                             f"skipped {h.skipped_steps}/{len(h)} steps, {h.total_seconds:.1f} s")
+        self.status.value = (
+            f"{h.meta['backend']}:{h.meta['device']} {h.meta['precision']} "
+            f"{h.meta['scaling']}: final loss {loss_txt}, test accuracy {run.accuracy:.1%}, "
+            f"skipped {h.skipped_steps}/{len(h)} steps, {h.total_seconds:.1f} s"
+        )
         self.last_run = run
         return run
 
     def __repr__(self) -> str:
-        return (f"LossScalingPanel(task={self.task.name!r}, backend={self.backend.value!r}, "
-                f"steps={self.steps.value})")
+        return f"LossScalingPanel(task={self.task.name!r}, backend={self.backend.value!r}, steps={self.steps.value})"

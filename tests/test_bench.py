@@ -9,14 +9,27 @@ import numpy as np
 import pytest
 
 from mpcourse import bench, hardware, memory, plots
+from mpcourse.bench import run as bench_run
+from mpcourse.bench.run import add_speedups
+from mpcourse.engines import missing_reason
 
 torch = pytest.importorskip("torch")
 
-from mpcourse.engines import torch_bench  # noqa: E402
+from mpcourse.engines.torch import bench as torch_bench  # noqa: E402
 
-TINY = dict(backends=("torch",), devices=("cpu",), precisions=("fp32", "bf16"), models=("mlp",),
-            batches=(16,), steps=3, warmup=1, num_features=64, matmul_peak=False, max_case_seconds=2.0,
-            threads=1)  # one thread: robust timings on a CPU shared with other jobs
+TINY = dict(
+    backends=("torch",),
+    devices=("cpu",),
+    precisions=("fp32", "bf16"),
+    models=("mlp",),
+    batches=(16,),
+    steps=3,
+    warmup=1,
+    num_features=64,
+    matmul_peak=False,
+    max_case_seconds=2.0,
+    threads=1,
+)  # one thread: robust timings on a CPU shared with other jobs
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +38,19 @@ def tiny_rows() -> list[dict]:
 
 
 # --- bad input: refused before anything runs --------------------------------------------------
-@pytest.mark.parametrize("change, match", [
-    ({"precisions": ("fp8",)}, "unknown precision 'fp8'"),
-    ({"models": ("resnet",)}, "unknown model 'resnet'"),
-    ({"models": ("mlp:huge",)}, "unknown size .* 'huge'"),
-    ({"backends": ("jax",)}, "unknown backend 'jax'"),
-    ({"batches": (0,)}, "batches must be >= 1"),
-    ({"steps": 2}, "steps must be an int >= 3"),
-    ({"models": ("cnn",), "num_features": 60}, "square"),
-    ({"precisions": ()}, "precisions must not be empty"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"precisions": ("fp8",)}, "unknown precision 'fp8'"),
+        ({"models": ("resnet",)}, "unknown model 'resnet'"),
+        ({"models": ("mlp:huge",)}, "unknown size .* 'huge'"),
+        ({"backends": ("jax",)}, "unknown backend 'jax'"),
+        ({"batches": (0,)}, "batches must be >= 1"),
+        ({"steps": 2}, "steps must be an int >= 3"),
+        ({"models": ("cnn",), "num_features": 60}, "square"),
+        ({"precisions": ()}, "precisions must not be empty"),
+    ],
+)
 def test_bad_grid_values_raise(change: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         bench.plan(bench.BenchGrid(**{**TINY, **change}))
@@ -48,8 +64,12 @@ def test_absent_device_is_an_error_before_running() -> None:
 
 
 def test_bench_main_bad_input_returns_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--precisions", "fp8"], ["--devices", "cuda" if not torch.cuda.is_available() else "cuda:99"],
-                 ["--models", "mlp:huge"], ["--backends", "torch", "--devices", "gpu"]):
+    for argv in (
+        ["--precisions", "fp8"],
+        ["--devices", "cuda" if not torch.cuda.is_available() else "cuda:99"],
+        ["--models", "mlp:huge"],
+        ["--backends", "torch", "--devices", "gpu"],
+    ):
         assert bench.bench_main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
         assert "mpcourse bench: error:" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -117,20 +137,38 @@ def test_results_round_trip(tiny_rows: list[dict], tmp_path: Path) -> None:
 def test_format_table(tiny_rows: list[dict]) -> None:
     table = bench.format_table(tiny_rows)
     head, rule, *lines = table.splitlines()
-    assert [c.strip() for c in head.split("|")] == ["configuration", "samples/s", "peak memory", "step time",
-                                                     "vs fp32", "TFLOP/s (of peak)"]
+    assert [c.strip() for c in head.split("|")] == [
+        "configuration",
+        "samples/s",
+        "peak memory",
+        "step time",
+        "vs fp32",
+        "TFLOP/s (of peak)",
+    ]
     assert set(rule) <= {"-", "+"}
     assert len(lines) == 2 and lines[0].startswith("torch:cpu mlp b16 fp32") and "1.00x" in lines[0]
 
 
-def test_failed_case_is_recorded_and_exit_code_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_case_is_recorded_and_exit_code_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def boom(case: bench.Case, grid: bench.BenchGrid, config: object) -> None:
         raise RuntimeError("could not create a primitive")
 
-    monkeypatch.setattr(bench, "_build", boom)
-    rc = bench.bench_main(["--preset", "tiny", "--backends", "torch", "--precisions", "fp32",
-                           "--out", str(tmp_path / "r.jsonl"), "--no-progress"])
+    monkeypatch.setattr(bench_run, "_build", boom)
+    rc = bench.bench_main(
+        [
+            "--preset",
+            "tiny",
+            "--backends",
+            "torch",
+            "--precisions",
+            "fp32",
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     rows = bench.load_results(tmp_path / "r.jsonl", ok_only=False)
     assert rows[0]["status"] == "error" and "could not create a primitive" in rows[0]["error"]
@@ -138,8 +176,19 @@ def test_failed_case_is_recorded_and_exit_code_1(monkeypatch: pytest.MonkeyPatch
 
 
 def test_bench_main_tiny_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = bench.bench_main(["--preset", "tiny", "--backends", "torch", "--precisions", "fp32,fp16",
-                           "--out", str(tmp_path), "--no-progress"])
+    rc = bench.bench_main(
+        [
+            "--preset",
+            "tiny",
+            "--backends",
+            "torch",
+            "--precisions",
+            "fp32,fp16",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "samples/s" in out and "torch:cpu mlp b32 fp16" in out
     [path] = tmp_path.glob("*.jsonl")
@@ -193,9 +242,21 @@ def test_cpu_flags_are_a_subset_of_known_flags() -> None:
 
 # --- plots ------------------------------------------------------------------------------------
 def _row(prec: str, sps: float, width: int | None = None, batch: int = 16, mem: int = 2**20) -> dict:
-    return {"backend": "torch", "device": "cpu", "model": "mlp", "size": "small", "width": width, "batch": batch,
-            "precision": prec, "status": "ok", "samples_per_s": sps, "speedup_vs_fp32": sps / 100.0,
-            "peak_memory_bytes": mem, "baseline_memory_bytes": 0, "memory_kind": "cuda_max_allocated"}
+    return {
+        "backend": "torch",
+        "device": "cpu",
+        "model": "mlp",
+        "size": "small",
+        "width": width,
+        "batch": batch,
+        "precision": prec,
+        "status": "ok",
+        "samples_per_s": sps,
+        "speedup_vs_fp32": sps / 100.0,
+        "peak_memory_bytes": mem,
+        "baseline_memory_bytes": 0,
+        "memory_kind": "cuda_max_allocated",
+    }
 
 
 def test_throughput_and_memory_bars() -> None:
@@ -209,7 +270,10 @@ def test_throughput_and_memory_bars() -> None:
 
 
 def test_speedup_lines() -> None:
-    rows = [_row("fp32", 100.0, width=w) for w in (64, 256)] + [_row("bf16", 50.0, width=256), _row("bf16", 25.0, width=64)]
+    rows = [_row("fp32", 100.0, width=w) for w in (64, 256)] + [
+        _row("bf16", 50.0, width=256),
+        _row("bf16", 25.0, width=64),
+    ]
     fig = plots.speedup_lines(rows, x="width")
     [line] = fig.data
     assert line.name == "bf16" and list(line.x) == [64.0, 256.0] and list(line.y) == [0.25, 0.5]
@@ -219,8 +283,9 @@ def test_speedup_lines() -> None:
 
 
 def test_memory_breakdown_bars() -> None:
-    fig = plots.memory_breakdown_bars({"fp32": {"model state": 2**21, "activations": 2**20},
-                                       "bf16": {"model state": 2**21, "activations": 2**19}})
+    fig = plots.memory_breakdown_bars(
+        {"fp32": {"model state": 2**21, "activations": 2**20}, "bf16": {"model state": 2**21, "activations": 2**19}}
+    )
     assert [t.name for t in fig.data] == ["model state", "activations"]
     assert list(fig.data[1].y) == [1.0, 0.5] and fig.layout.barmode == "stack" and fig.layout.title.text
 
@@ -244,11 +309,13 @@ def test_threads_are_applied_recorded_and_restored() -> None:
 
 def test_speedup_vs_tf32_column_when_tf32_rows_exist(tiny_rows: list[dict]) -> None:
     # tf32 rows can only be measured on CUDA; relabel a measured fp32 row to test the bookkeeping.
-    rows = [dict(r) for r in tiny_rows] + [{**tiny_rows[0], "precision": "tf32", "label": "x tf32",
-                                           "step_time_s": tiny_rows[0]["step_time_s"] / 2}]
-    bench._add_speedups(rows)
+    rows = [dict(r) for r in tiny_rows] + [
+        {**tiny_rows[0], "precision": "tf32", "label": "x tf32", "step_time_s": tiny_rows[0]["step_time_s"] / 2}
+    ]
+    add_speedups(rows)
     assert rows[2]["speedup_vs_fp32"] == pytest.approx(2.0) and rows[1]["speedup_vs_tf32"] == pytest.approx(
-        rows[2]["step_time_s"] / rows[1]["step_time_s"])
+        rows[2]["step_time_s"] / rows[1]["step_time_s"]
+    )
     assert bench.format_table(rows).splitlines()[0].rstrip().endswith("vs tf32")
     assert "vs tf32" not in bench.format_table(tiny_rows)
 
@@ -272,9 +339,30 @@ def _overhead_module():  # tests/benchmarks/ is not a package: load the script b
 def test_engine_overhead_script_does_the_same_work_as_the_plain_loop(capsys: pytest.CaptureFixture[str]) -> None:
     mod, threads = _overhead_module(), torch.get_num_threads()
     try:
-        rc = mod.main(["--device", "cpu", "--features", "64", "--hidden", "32", "--batch", "16", "--rounds", "2",
-                       "--steps", "2", "--warmup", "1", "--precisions", "fp32,fp16", "--threads", "1",
-                       "--target", "100"])
+        rc = mod.main(
+            [
+                "--device",
+                "cpu",
+                "--features",
+                "64",
+                "--hidden",
+                "32",
+                "--batch",
+                "16",
+                "--rounds",
+                "2",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--precisions",
+                "fp32,fp16",
+                "--threads",
+                "1",
+                "--target",
+                "100",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
@@ -283,11 +371,13 @@ def test_engine_overhead_script_does_the_same_work_as_the_plain_loop(capsys: pyt
 
 def test_mlx_rows_when_mlx_is_here() -> None:
     pytest.importorskip("mlx.core")
-    if bench._backend_missing("mlx"):
-        pytest.skip(bench._backend_missing("mlx"))
+    if missing_reason("mlx"):
+        pytest.skip(missing_reason("mlx"))
     rows = bench.run_grid(bench.BenchGrid(**{**TINY, "backends": ("mlx",), "threads": None}), progress=False)
     assert [(r["backend"], r["device"], r["precision"], r["status"]) for r in rows] == [
-        ("mlx", "cpu", "fp32", "ok"), ("mlx", "cpu", "bf16", "ok")]
+        ("mlx", "cpu", "fp32", "ok"),
+        ("mlx", "cpu", "bf16", "ok"),
+    ]
     assert all(r["memory_kind"] == "mlx_peak_memory" and r["peak_memory_bytes"] > 0 for r in rows)
     assert rows[0]["versions"]["mlx"] and rows[1]["speedup_vs_fp32"] > 0
     with pytest.raises(ValueError, match="unknown MLX device 'cuda:0'"):

@@ -7,10 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 BINDER = REPO / "binder"
@@ -53,12 +53,12 @@ def test_postbuild_opens_notebook_01_and_finds_the_widget_extensions(tmp_path: P
     post = BINDER / "postBuild"
     assert os.access(post, os.X_OK), "binder/postBuild must be executable"
     bindir = str(Path(sys.executable).parent)
-    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO),
-               PATH=os.pathsep.join([bindir, os.environ.get("PATH", "")]))
+    env = dict(
+        os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO), PATH=os.pathsep.join([bindir, os.environ.get("PATH", "")])
+    )
     if not shutil.which("jupyter", path=env["PATH"]):
         pytest.skip("jupyter is not on PATH")
-    result = subprocess.run(["bash", str(post)], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=240)
+    result = subprocess.run(["bash", str(post)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     config = (tmp_path / ".jupyter" / "jupyter_server_config.py").read_text()
     url = re.search(r'default_url = "/lab/tree/(.+)"', config)

@@ -18,20 +18,29 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from mpcourse import course, site
+from mpcourse.authoring import notebooks as course
+from mpcourse.authoring import site
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
 FIXTURE = Path(__file__).resolve().parent / "data" / "mini_course"
 NOTEBOOK_02 = "02_loss_scaling.ipynb"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -44,8 +53,7 @@ def _unavailable(reason: str) -> None:
 def _chromium() -> str:
     path = os.environ.get("MPCOURSE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).is_file():
-        _unavailable(f"no Chromium at {path} (apt-get install -y chromium, "
-                     "or set MPCOURSE_CHROMIUM)")
+        _unavailable(f"no Chromium at {path} (apt-get install -y chromium, or set MPCOURSE_CHROMIUM)")
     return path
 
 
@@ -99,25 +107,39 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     into the repository. Yields (base URL, notebook name)."""
     root, name = _notebook_02()
     work = tmp_path_factory.mktemp("lab")
-    shutil.copytree(root / "notebooks", work / "notebooks",
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(root / "notebooks", work / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     # No "official Jupyter news?" pop-up over the notebook (and no news fetched).
     notification = work / "settings" / "@jupyterlab" / "apputils-extension"
     notification.mkdir(parents=True)
     (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
-                                                                     os.environ.get("PYTHONPATH")])),
-               MPCOURSE_PROGRESS="0", JUPYTER_CONFIG_DIR=str(work / "cfg"),
-               JUPYTER_RUNTIME_DIR=str(work / "runtime"),
-               JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"))
-    cmd, cwd = course.lab_command(name, root=work, extra=[
-        "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
-        "--ServerApp.disable_check_xsrf=True", "--LabApp.expose_app_in_browser=True",
-        "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly", "--ServerApp.shutdown_no_activity_timeout=900"])
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        MPCOURSE_PROGRESS="0",
+        JUPYTER_CONFIG_DIR=str(work / "cfg"),
+        JUPYTER_RUNTIME_DIR=str(work / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"),
+    )
+    cmd, cwd = course.lab_command(
+        name,
+        root=work,
+        extra=[
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            "--IdentityProvider.token=",
+            "--ServerApp.password=",
+            "--ServerApp.disable_check_xsrf=True",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+            "--ServerApp.shutdown_no_activity_timeout=900",
+        ],
+    )
     log = open(work / "lab.log", "w")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -125,8 +147,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"jupyter lab exited with {proc.returncode}:\n"
-                            + (work / "lab.log").read_text()[-3000:])
+                pytest.fail(f"jupyter lab exited with {proc.returncode}:\n" + (work / "lab.log").read_text()[-3000:])
             try:
                 with urllib.request.urlopen(f"{base}/api/status", timeout=2) as resp:
                     if resp.status == 200:
@@ -134,8 +155,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("jupyter lab did not answer within 120 s:\n"
-                            + (work / "lab.log").read_text()[-3000:])
+                pytest.fail("jupyter lab did not answer within 120 s:\n" + (work / "lab.log").read_text()[-3000:])
             time.sleep(0.5)
         yield base, name
     finally:
@@ -195,7 +215,8 @@ _FIGURES = f"""() => {{ const area = ({_PANEL})();
 def _widget_output(page: Any) -> Any:
     """The initial-scale slider of the loss-scaling panel (label matching "init")."""
     sliders = page.locator(".jp-OutputArea-output .widget-slider").filter(
-        has=page.locator(".widget-label", has_text=re.compile(r"init", re.I)))
+        has=page.locator(".widget-label", has_text=re.compile(r"init", re.I))
+    )
     sliders.first.wait_for(state="visible", timeout=60_000)
     return sliders.first
 
@@ -233,8 +254,9 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
 
     slider = _widget_output(page)
     slider.scroll_into_view_if_needed()
-    page.wait_for_function(f"() => {{ const f = ({_FIGURES})(); return f && f.length > 0; }}",
-                           timeout=60_000, polling=500)
+    page.wait_for_function(
+        f"() => {{ const f = ({_FIGURES})(); return f && f.length > 0; }}", timeout=60_000, polling=500
+    )
     figures_before = page.evaluate(_FIGURES)
     page.evaluate(f"() => {{ window.__mpcBefore = JSON.stringify(({_FIGURES})()); }}")
 
@@ -245,10 +267,13 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
     try:
         page.wait_for_function(
             f"() => {{ const f = ({_FIGURES})(); return !!f && f.length > 0 && "
-            "JSON.stringify(f) !== window.__mpcBefore; }", timeout=180_000, polling=500)
+            "JSON.stringify(f) !== window.__mpcBefore; }",
+            timeout=180_000,
+            polling=500,
+        )
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
-        page.wait_for_timeout(1000)      # let plotly finish drawing before the picture
+        page.wait_for_timeout(1000)  # let plotly finish drawing before the picture
         panel.screenshot(path=str(ARTIFACTS / "browser-02.png"))
         page.screenshot(path=str(ARTIFACTS / "browser-02-page.png"))
     figures_after = page.evaluate(_FIGURES)
@@ -257,8 +282,10 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
     assert page_errors == [], f"the page raised: {page_errors}"
     page.wait_for_function(_ALL_RUN, timeout=120_000, polling=1000)
     assert page.evaluate(_ERRORS) == [], "a cell shows an error after training from the widget"
-    print(f"browser: {name} run-all {run_all_s:.1f} s; slider {before} -> {after}; "
-          f"total {time.monotonic() - start:.1f} s; refused off-machine requests: {external}")
+    print(
+        f"browser: {name} run-all {run_all_s:.1f} s; slider {before} -> {after}; "
+        f"total {time.monotonic() - start:.1f} s; refused off-machine requests: {external}"
+    )
 
 
 def test_built_site_shows_plotly_figures_offline(browser: Any, tmp_path: Path):
@@ -274,8 +301,8 @@ def test_built_site_shows_plotly_figures_offline(browser: Any, tmp_path: Path):
         divs = page.locator(".plotly-graph-div").count()
         assert divs >= 1, f"{path.stem}: no plotly figure on the page"
         page.wait_for_function(
-            "n => document.querySelectorAll('.plotly-graph-div .main-svg').length >= n",
-            arg=divs, timeout=60_000)
+            "n => document.querySelectorAll('.plotly-graph-div .main-svg').length >= n", arg=divs, timeout=60_000
+        )
         page.screenshot(path=str(ARTIFACTS / f"site-{path.stem}.png"))
     assert external == [], f"the site asked for off-machine resources: {external}"
     assert report.figures >= len(notebooks)

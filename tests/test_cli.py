@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from mpcourse.cli import main  # noqa: E402
-from mpcourse.demo import run_demo  # noqa: E402
+from mpcourse.studies.demo import run_demo  # noqa: E402
 
 
 def test_demo_prints_epochs_comparison_and_writes_a_report(tmp_path, capsys) -> None:
@@ -17,7 +17,7 @@ def test_demo_prints_epochs_comparison_and_writes_a_report(tmp_path, capsys) -> 
     out = capsys.readouterr().out
     for label in ("fp32", "fp16", "bf16"):
         assert re.search(rf"\[{label}\]\s+2\s+\d+\.\d{{4}}\s+\d+\.\d{{3}}", out), out  # epoch 2 row
-        assert re.search(rf"^\s+{label}\s+\d+\.\d{{3}}\s", out, re.M), out               # comparison row
+        assert re.search(rf"^\s+{label}\s+\d+\.\d{{3}}\s", out, re.M), out  # comparison row
     assert re.search(r"fp16 .*\d\.\d\dx (faster|slower)", out)
     report = next(tmp_path.glob("demo-*.html"))
     text = report.read_text()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import mpcourse as mpc
-from mpcourse import clip_study
 from mpcourse.clipping import AutoClip, ClipByNorm, ClipByValue
-from mpcourse.engines.base import History, StepRecord
+from mpcourse.history import History, StepRecord
+from mpcourse.studies import clip_study
 
 pytest.importorskip("torch")
 
@@ -19,16 +19,30 @@ def _hist(norms, clipped=None, losses=None):
     n = len(norms)
     clipped = clipped if clipped is not None else [False] * n
     losses = losses if losses is not None else [1.0] * n
-    return History([StepRecord(step=i, loss=losses[i], scale=1.0, grad_norm=norms[i],
-                               found_inf=not math.isfinite(norms[i]), skipped=False, seconds=0.0,
-                               samples=1, clipped=clipped[i]) for i in range(n)])
+    return History(
+        [
+            StepRecord(
+                step=i,
+                loss=losses[i],
+                scale=1.0,
+                grad_norm=norms[i],
+                found_inf=not math.isfinite(norms[i]),
+                skipped=False,
+                seconds=0.0,
+                samples=1,
+                clipped=clipped[i],
+            )
+            for i in range(n)
+        ]
+    )
 
 
 def test_thresholds_per_policy():
     h = _hist([4.0, 1.0, math.inf, 2.0])
     np.testing.assert_array_equal(clip_study.thresholds(ClipByNorm(0.5), h), [0.5] * 4)
-    np.testing.assert_allclose(clip_study.thresholds(AutoClip(50), h),
-                               [4.0, 2.5, 2.5, np.percentile([4.0, 1.0, 2.0], 50)])
+    np.testing.assert_allclose(
+        clip_study.thresholds(AutoClip(50), h), [4.0, 2.5, 2.5, np.percentile([4.0, 1.0, 2.0], 50)]
+    )
     assert np.isnan(clip_study.thresholds(ClipByValue(1.0), h)).all()
     assert np.isnan(clip_study.thresholds(None, h)).all()
 
@@ -94,8 +108,7 @@ def test_clip_explorer_retrains_when_a_control_changes(digits):
     ex.percentile.value = 50.0
     assert ex.last_run.policy == AutoClip(50.0) and ex.max_norm.disabled
     thr = [t for t in ex.figure.data if t.name == "threshold"][0]
-    np.testing.assert_allclose(thr.y, [np.percentile(ex.last_run.history.grad_norms[:k + 1], 50)
-                                       for k in range(6)])
+    np.testing.assert_allclose(thr.y, [np.percentile(ex.last_run.history.grad_norms[: k + 1], 50) for k in range(6)])
     line = [t for t in ex.figure.data if t.name == "this strategy"][0]
     np.testing.assert_allclose(line.y, ex.last_run.history.losses)
     assert "AutoClip(percentile=50.0" in ex.status.value

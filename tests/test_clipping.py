@@ -14,12 +14,21 @@ import numpy as np
 import pytest
 
 import mpcourse as mpc
-from mpcourse.clipping import (AGC, AutoClip, ClipByNorm, ClipByValue, NormHistory,
-                               autoclip_thresholds, norm_clip_coef, total_norm, unitwise_norm)
+from mpcourse.clipping import (
+    AGC,
+    AutoClip,
+    ClipByNorm,
+    ClipByValue,
+    NormHistory,
+    autoclip_thresholds,
+    norm_clip_coef,
+    total_norm,
+    unitwise_norm,
+)
 
 torch = pytest.importorskip("torch")
 
-MLX_ENGINE_MISSING = "the MLX engine (mpcourse/engines/mlx_engine.py) is not on this branch yet"
+MLX_ENGINE_MISSING = "the MLX engine (mpcourse/engines/mlx/engine.py) is not on this branch yet"
 
 
 # --- backend adapters: the engine's own gradients, in and out of apply_clip ------------------
@@ -28,18 +37,18 @@ class TorchSide:
 
     def grads(self, eng, x, y):
         eng.optimizer.zero_grad(set_to_none=True)
-        eng.forward_loss(*eng._tensors(x, y)).backward()
+        eng.forward_loss(*eng.tensors(x, y)).backward()
         named = [(n, p) for n, p in eng.model.named_parameters() if p.grad is not None]
         grads = [p.grad for _, p in named]
-        from mpcourse.engines.torch_engine import _total_norm
+        from mpcourse.engines.torch.scaling import total_norm
 
-        return [n for n, _ in named], [p.detach().numpy().copy() for _, p in named], grads, _total_norm(grads)
+        return [n for n, _ in named], [p.detach().numpy().copy() for _, p in named], grads, total_norm(grads)
 
     def numpy(self, grads):
         return [g.detach().numpy().copy() for g in grads]
 
     def clip(self, policy, eng, grads, norm):
-        from mpcourse.engines.torch_clip import apply_clip
+        from mpcourse.engines.torch.clip import apply_clip
 
         return grads, apply_clip(policy, eng, grads, norm)
 
@@ -47,7 +56,7 @@ class TorchSide:
         return {n: p.detach().numpy().copy() for n, p in eng.model.named_parameters()}
 
     def order_effect(self, *args, **kw):
-        from mpcourse.engines.torch_clip import clip_order_effect
+        from mpcourse.engines.torch.wrong_order import clip_order_effect
 
         return clip_order_effect(*args, **kw)
 
@@ -56,11 +65,9 @@ class MLXSide:
     name = "mlx"
 
     def grads(self, eng, x, y):
-        import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        one = mx.array(1.0)
-        _, grads, norm, _ = eng._grads(mx.array(x), mx.array(y.astype(np.int32)), one, one)
+        _, grads, norm, _ = eng.batch_gradients(x, y, scale=1.0)
         weights = dict(tree_flatten(eng.master_params))
         names = [n for n, _ in tree_flatten(grads)]
         return names, [np.array(weights[n]) for n in names], grads, norm
@@ -71,7 +78,7 @@ class MLXSide:
         return [np.array(g) for _, g in tree_flatten(grads)]
 
     def clip(self, policy, eng, grads, norm):
-        from mpcourse.engines.mlx_clip import apply_clip
+        from mpcourse.engines.mlx.clip import apply_clip
 
         return apply_clip(policy, eng, grads, norm)
 
@@ -81,7 +88,7 @@ class MLXSide:
         return {n: np.array(v) for n, v in tree_flatten(eng.master_params)}
 
     def order_effect(self, *args, **kw):
-        from mpcourse.engines.mlx_clip import clip_order_effect
+        from mpcourse.engines.mlx.wrong_order import clip_order_effect
 
         return clip_order_effect(*args, **kw)
 
@@ -90,7 +97,7 @@ class MLXSide:
 def side(request):
     if request.param == "mlx":
         pytest.importorskip("mlx.core")
-        if importlib.util.find_spec("mpcourse.engines.mlx_engine") is None:
+        if importlib.util.find_spec("mpcourse.engines.mlx.engine") is None:
             pytest.skip(MLX_ENGINE_MISSING)
         return MLXSide()
     return TorchSide()
@@ -98,8 +105,7 @@ def side(request):
 
 def _engine(side, digits, model="mlp", **cfg):
     cfg.setdefault("precision", "fp32")
-    return mpc.make_engine(side.name, model, mpc.TrainConfig(**cfg), device="cpu", data=digits,
-                           verbose=False)
+    return mpc.make_engine(side.name, model, mpc.TrainConfig(**cfg), device="cpu", data=digits, verbose=False)
 
 
 def _torch_params(arrays):
@@ -110,26 +116,29 @@ def _torch_params(arrays):
 
 
 # --- bad input --------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, match", [
-    (lambda: ClipByNorm(0.0), "max_norm"),
-    (lambda: ClipByNorm(-1.0), "max_norm"),
-    (lambda: ClipByNorm(math.inf), "max_norm"),
-    (lambda: ClipByNorm(math.nan), "max_norm"),
-    (lambda: ClipByNorm(1.0, norm_type="fro"), "norm_type"),
-    (lambda: ClipByNorm(1.0, norm_type=0.5), "norm_type"),
-    (lambda: ClipByNorm(1.0, norm_type=0), "norm_type"),
-    (lambda: ClipByNorm(1.0, norm_type=-math.inf), "norm_type"),
-    (lambda: ClipByValue(0), "clip_value"),
-    (lambda: ClipByValue(-0.5), "clip_value"),
-    (lambda: AGC(clipping=0.0), "clipping"),
-    (lambda: AGC(clipping=-0.01), "clipping"),
-    (lambda: AGC(eps=0.0), "eps"),
-    (lambda: AutoClip(percentile=0), r"\(0, 100\]"),
-    (lambda: AutoClip(percentile=-5), r"\(0, 100\]"),
-    (lambda: AutoClip(percentile=100.5), r"\(0, 100\]"),
-    (lambda: AutoClip(percentile=math.nan), r"\(0, 100\]"),
-    (lambda: AutoClip(percentile=10, history=0), "history"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ClipByNorm(0.0), "max_norm"),
+        (lambda: ClipByNorm(-1.0), "max_norm"),
+        (lambda: ClipByNorm(math.inf), "max_norm"),
+        (lambda: ClipByNorm(math.nan), "max_norm"),
+        (lambda: ClipByNorm(1.0, norm_type="fro"), "norm_type"),
+        (lambda: ClipByNorm(1.0, norm_type=0.5), "norm_type"),
+        (lambda: ClipByNorm(1.0, norm_type=0), "norm_type"),
+        (lambda: ClipByNorm(1.0, norm_type=-math.inf), "norm_type"),
+        (lambda: ClipByValue(0), "clip_value"),
+        (lambda: ClipByValue(-0.5), "clip_value"),
+        (lambda: AGC(clipping=0.0), "clipping"),
+        (lambda: AGC(clipping=-0.01), "clipping"),
+        (lambda: AGC(eps=0.0), "eps"),
+        (lambda: AutoClip(percentile=0), r"\(0, 100\]"),
+        (lambda: AutoClip(percentile=-5), r"\(0, 100\]"),
+        (lambda: AutoClip(percentile=100.5), r"\(0, 100\]"),
+        (lambda: AutoClip(percentile=math.nan), r"\(0, 100\]"),
+        (lambda: AutoClip(percentile=10, history=0), "history"),
+    ],
+)
 def test_bad_values_are_refused_with_a_clear_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -201,8 +210,14 @@ def test_norm_history_window_and_state_round_trip():
     norms = [5.0, math.inf, 1.0, 3.0, math.nan, 2.0]
     thr = autoclip_thresholds(norms, 25)
     finite = [5.0, 1.0, 3.0, 2.0]
-    expect = [np.percentile(finite[:1], 25), np.percentile(finite[:1], 25), np.percentile(finite[:2], 25),
-              np.percentile(finite[:3], 25), np.percentile(finite[:3], 25), np.percentile(finite[:4], 25)]
+    expect = [
+        np.percentile(finite[:1], 25),
+        np.percentile(finite[:1], 25),
+        np.percentile(finite[:2], 25),
+        np.percentile(finite[:3], 25),
+        np.percentile(finite[:3], 25),
+        np.percentile(finite[:4], 25),
+    ]
     np.testing.assert_allclose(thr, expect)
 
 
@@ -294,7 +309,7 @@ def test_autoclip_threshold_is_the_percentile_of_recorded_norms(side, digits):
     norms = hist.grad_norms
     np.testing.assert_allclose(eng.clip_state.norms, norms, rtol=1e-6)
     for k in range(len(norms)):
-        thr = np.percentile(norms[:k + 1], 25)
+        thr = np.percentile(norms[: k + 1], 25)
         assert seen[k] == pytest.approx(thr, rel=1e-6)
         assert hist[k].clipped == (norms[k] > thr)
     assert hist.column("clipped").sum() >= 5
@@ -318,8 +333,9 @@ def test_autoclip_history_survives_state_dict(side, digits):
 
 def test_non_finite_steps_are_never_clipped(side, digits):
     # A scale of 2**28 overflows fp16's backward; the scaler backs off until steps are finite.
-    eng = _engine(side, digits, "mlp", precision="fp16", init_scale=2.0**28, backoff_factor=0.25,
-                  clip=AutoClip(percentile=50))
+    eng = _engine(
+        side, digits, "mlp", precision="fp16", init_scale=2.0**28, backoff_factor=0.25, clip=AutoClip(percentile=50)
+    )
     hist = eng.fit(digits, steps=12)
     found = hist.column("found_inf")
     assert found.any() and (~found).any()
@@ -332,8 +348,9 @@ def test_engine_clips_after_unscaling(side, digits):
     """One fp16 step with SGD: the update is lr * (the unscaled gradient clipped to max_norm).
     Clipping the scaled gradient would make it 65536 times shorter."""
     lr, max_norm = 0.1, 0.02
-    eng = _engine(side, digits, "mlp", precision="fp16", optimizer="sgd", momentum=0.0, lr=lr,
-                  clip=ClipByNorm(max_norm))
+    eng = _engine(
+        side, digits, "mlp", precision="fp16", optimizer="sgd", momentum=0.0, lr=lr, clip=ClipByNorm(max_norm)
+    )
     before = side.params(eng)
     rec = eng.train_step(digits.x_train[:64], digits.y_train[:64])
     after = side.params(eng)
@@ -362,10 +379,9 @@ def test_clip_before_unscale_bug_is_measured(side, digits, policy):
 
 
 def test_clip_before_unscale_engine_barely_moves(digits):
-    from mpcourse.engines.torch_clip import ClipBeforeUnscaleEngine
+    from mpcourse.engines.torch.wrong_order import ClipBeforeUnscaleEngine
 
-    cfg = mpc.TrainConfig(precision="fp16", optimizer="sgd", momentum=0.0, lr=0.1,
-                          clip=ClipByNorm(1.0))
+    cfg = mpc.TrainConfig(precision="fp16", optimizer="sgd", momentum=0.0, lr=0.1, clip=ClipByNorm(1.0))
     right = mpc.make_engine("torch", "mlp", cfg, device="cpu", data=digits, verbose=False)
     wrong = ClipBeforeUnscaleEngine("mlp", cfg, device="cpu")
     start = [p.detach().clone() for p in right.model.parameters()]
@@ -374,8 +390,8 @@ def test_clip_before_unscale_engine_barely_moves(digits):
     def moved(eng):
         return math.sqrt(sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(eng.model.parameters(), start)))
 
-    assert h_wrong.column("clipped").all()               # every scaled norm is above 1
-    assert moved(wrong) < moved(right) / 1000            # ... so the weights barely move
+    assert h_wrong.column("clipped").all()  # every scaled norm is above 1
+    assert moved(wrong) < moved(right) / 1000  # ... so the weights barely move
     assert h_wrong.losses[-1] > h_right.losses[-1]
     np.testing.assert_allclose(h_wrong.grad_norms[0], h_right.grad_norms[0], rtol=1e-5)
     with pytest.raises(ValueError, match="fp16"):

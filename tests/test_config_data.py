@@ -9,25 +9,28 @@ import mpcourse as mpc
 from mpcourse.data import validate_xy
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"precision": "fp8"}, "precision must be one of 'fp32', 'fp16', 'bf16'; got 'fp8'"),
-    ({"optimizer": "lion"}, "optimizer must be one of 'adam', 'adamw', 'sgd'; got 'lion'"),
-    ({"lr": 0.0}, "lr must be > 0, got 0.0"),
-    ({"lr": -1e-3}, "lr must be > 0"),
-    ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
-    ({"loss_scale": -4.0}, "loss_scale must be"),
-    ({"loss_scale": 0}, "loss_scale must be"),
-    ({"loss_scale": "static"}, "loss_scale must be one of"),
-    ({"growth_factor": 1.0}, "growth_factor must be > 1"),
-    ({"backoff_factor": 1.5}, r"backoff_factor must be in \(0, 1\)"),
-    ({"backoff_factor": 0.0}, r"backoff_factor must be in \(0, 1\)"),
-    ({"growth_interval": 0}, "growth_interval must be an int >= 1"),
-    ({"hysteresis": 0}, "hysteresis must be an int >= 1"),
-    ({"min_scale": 4.0, "max_scale": 2.0}, "min_scale"),
-    ({"init_scale": 0.0}, "init_scale must be > 0"),
-    ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
-    ({"lr": float("nan")}, "lr must be finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"precision": "fp8"}, "precision must be one of 'fp32', 'fp16', 'bf16'; got 'fp8'"),
+        ({"optimizer": "lion"}, "optimizer must be one of 'adam', 'adamw', 'sgd'; got 'lion'"),
+        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"lr": -1e-3}, "lr must be > 0"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"loss_scale": -4.0}, "loss_scale must be"),
+        ({"loss_scale": 0}, "loss_scale must be"),
+        ({"loss_scale": "static"}, "loss_scale must be one of"),
+        ({"growth_factor": 1.0}, "growth_factor must be > 1"),
+        ({"backoff_factor": 1.5}, r"backoff_factor must be in \(0, 1\)"),
+        ({"backoff_factor": 0.0}, r"backoff_factor must be in \(0, 1\)"),
+        ({"growth_interval": 0}, "growth_interval must be an int >= 1"),
+        ({"hysteresis": 0}, "hysteresis must be an int >= 1"),
+        ({"min_scale": 4.0, "max_scale": 2.0}, "min_scale"),
+        ({"init_scale": 0.0}, "init_scale must be > 0"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"lr": float("nan")}, "lr must be finite"),
+    ],
+)
 def test_bad_config_values_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         mpc.TrainConfig(**kwargs)
@@ -49,7 +52,8 @@ def test_scaling_modes_and_scalers() -> None:
     assert mpc.TrainConfig(precision="fp16", loss_scale=128).make_scaler().scale == 128.0
     s = mpc.TrainConfig(precision="fp16", init_scale=1024.0, hysteresis=3, growth_interval=7).make_scaler()
     assert (s.scale, s.hysteresis, s.growth_interval) == (1024.0, 3, 7)
-    assert mpc.TrainConfig(loss_scale="none").make_scaler() is None
+    none = mpc.TrainConfig(loss_scale="none").make_scaler()
+    assert isinstance(none, mpc.NoOpLossScaler) and none.scale == 1.0 and not none.skips_nonfinite
     cfg = mpc.TrainConfig(precision="fp16")
     assert cfg.replace(precision="bf16").precision == "bf16" and cfg.precision == "fp16"
     with pytest.raises(ValueError):
@@ -83,15 +87,18 @@ def test_unknown_dataset_and_bad_seed() -> None:
         mpc.data.load("digits", seed=-1)
 
 
-@pytest.mark.parametrize("x, y, match", [
-    (np.ones((4, 3)), np.zeros(5, int), "x has 4 samples but y has 5"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]]), np.zeros(2, int), "1 NaN/inf values \\(first in sample 0\\)"),
-    (np.array([[1.0, 0.0], [np.inf, 1.0]]), np.zeros(2, int), "NaN/inf"),
-    (np.ones((2, 2)), np.array([0.5, 1.0]), "integer class labels"),
-    (np.ones((2, 2)), np.array([0, -1]), "y must be >= 0"),
-    (np.ones(3), np.zeros(3, int), r"shape \(n, features\)"),
-    (np.ones((0, 3)), np.zeros(0, int), "no samples"),
-])
+@pytest.mark.parametrize(
+    "x, y, match",
+    [
+        (np.ones((4, 3)), np.zeros(5, int), "x has 4 samples but y has 5"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), np.zeros(2, int), "1 NaN/inf values \\(first in sample 0\\)"),
+        (np.array([[1.0, 0.0], [np.inf, 1.0]]), np.zeros(2, int), "NaN/inf"),
+        (np.ones((2, 2)), np.array([0.5, 1.0]), "integer class labels"),
+        (np.ones((2, 2)), np.array([0, -1]), "y must be >= 0"),
+        (np.ones(3), np.zeros(3, int), r"shape \(n, features\)"),
+        (np.ones((0, 3)), np.zeros(0, int), "no samples"),
+    ],
+)
 def test_validate_xy_refuses_bad_data(x: np.ndarray, y: np.ndarray, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         validate_xy(x, y)

@@ -12,12 +12,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mpcourse import course, slides
+from mpcourse.authoring import notebooks as course
+from mpcourse.authoring import slides
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "data" / "mini_course"
-NOTEBOOKS = ("01_fundamentals", "02_loss_scaling", "03_performance", "04_clipping",
-             "05_debugging", "06_production")
+NOTEBOOKS = ("01_fundamentals", "02_loss_scaling", "03_performance", "04_clipping", "05_debugging", "06_production")
 SKIPPING_TAGS = {"skip-execution", "nbval-skip", "raises-exception"}
 
 
@@ -31,19 +31,27 @@ def _source(cell) -> str:
 
 # --- library functions on the fixture --------------------------------------------------------
 
+
 def test_title_objectives_exercises_of_the_fixture():
     nb = _fixture_nb()
     assert course.title(nb) == "01 Demo: a tiny course notebook"
-    assert course.objectives(nb) == ["Plot a loss-scale trace with plotly",
-                                     "Train from a widget with a slider and a button"]
+    assert course.objectives(nb) == [
+        "Plot a loss-scale trace with plotly",
+        "Train from a widget with a slider and a button",
+    ]
     assert course.exercises(nb).startswith("1. Print the smallest fp16 subnormal.")
     assert course.solution_cells(nb) == [6, 7]
 
 
 def test_objectives_accepts_a_lead_in_sentence_and_stops_at_the_list_end():
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-        "# T\n\n**Learning objectives.** By the end you can:\n\n1. explain A\n2. measure B\n\n"
-        "Then prose.\n- not an objective")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell(
+                "# T\n\n**Learning objectives.** By the end you can:\n\n1. explain A\n2. measure B\n\n"
+                "Then prose.\n- not an objective"
+            )
+        ]
+    )
     assert course.objectives(nb) == ["explain A", "measure B"]
     assert course.objectives(nbformat.v4.new_notebook()) == []
 
@@ -63,13 +71,14 @@ def test_make_student_replaces_solutions_and_keeps_everything_else():
             assert a == b
     text = json.dumps(student)
     assert "SOLUTION-MARKER-ONE" not in text and "SOLUTION-MARKER-TWO" not in text
-    assert "Powers of two" not in text                     # the solution's figure output too
+    assert "Powers of two" not in text  # the solution's figure output too
     nbformat.validate(student)
 
 
 def test_make_student_markdown_solution():
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-        "Because 2**-25 rounds to zero.", metadata={"tags": ["solution"]})])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("Because 2**-25 rounds to zero.", metadata={"tags": ["solution"]})]
+    )
     student = course.make_student(nb)
     assert student.cells[0].source == course.MARKDOWN_PLACEHOLDER
 
@@ -78,13 +87,16 @@ def test_write_students_and_command_line(tmp_path: Path):
     written = course.write_students(tmp_path / "a", root=FIXTURE)
     assert [p.name for p in written] == ["01_demo.ipynb"]
     assert "SOLUTION-MARKER" not in written[0].read_text()
-    result = subprocess.run([sys.executable, "-m", "mpcourse.course", "students",
-                             str(tmp_path / "b")], capture_output=True, text=True, cwd=REPO,
-                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "mpcourse.authoring.notebooks", "students", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     if (REPO / "notebooks").is_dir() and course.notebook_paths(REPO):
         assert result.returncode == 0, result.stderr
-        assert sorted(p.name for p in (tmp_path / "b").iterdir()) == \
-            [p.name for p in course.notebook_paths(REPO)]
+        assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [p.name for p in course.notebook_paths(REPO)]
 
 
 def test_sync_docs_fills_and_checks_the_generated_blocks(tmp_path: Path):
@@ -103,8 +115,7 @@ def test_sync_docs_fills_and_checks_the_generated_blocks(tmp_path: Path):
         course.sync_docs(root)
 
 
-def test_lab_command_and_dry_run(capsys: pytest.CaptureFixture[str],
-                                 monkeypatch: pytest.MonkeyPatch):
+def test_lab_command_and_dry_run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     cmd, cwd = course.lab_command("01_demo.ipynb", root=FIXTURE, extra=["--port", "9999"])
     assert cwd == FIXTURE.resolve()
     assert cmd[:3] == [sys.executable, "-m", "jupyterlab"]
@@ -127,6 +138,7 @@ def test_course_root_error_names_the_place(tmp_path: Path):
 
 # --- slides ----------------------------------------------------------------------------------
 
+
 def test_slide_metadata_rules_and_idempotence():
     nb = _fixture_nb()
     assert slides.missing(nb) == list(range(len(nb.cells)))
@@ -142,12 +154,23 @@ def test_slide_metadata_rules_and_idempotence():
 
 def test_slide_metadata_keeps_an_authors_choice_and_subslides_prose_after_code():
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
-    nb = nbformat.v4.new_notebook(cells=[
-        md("# Title"), code("x = 1"), md("Prose after code."),
-        md("### Part", metadata={"slideshow": {"slide_type": "fragment"}}), md("### Part 2")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            md("# Title"),
+            code("x = 1"),
+            md("Prose after code."),
+            md("### Part", metadata={"slideshow": {"slide_type": "fragment"}}),
+            md("### Part 2"),
+        ]
+    )
     slides.add_slide_metadata(nb)
-    assert [c.metadata["slideshow"]["slide_type"] for c in nb.cells] == \
-        ["slide", "-", "subslide", "fragment", "subslide"]
+    assert [c.metadata["slideshow"]["slide_type"] for c in nb.cells] == [
+        "slide",
+        "-",
+        "subslide",
+        "fragment",
+        "subslide",
+    ]
 
 
 def test_apply_all_writes_once(tmp_path: Path):
@@ -160,6 +183,7 @@ def test_apply_all_writes_once(tmp_path: Path):
 
 
 # --- the course notebooks --------------------------------------------------------------------
+
 
 def _course_notebooks() -> list[Path]:
     return [REPO / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]
@@ -181,8 +205,7 @@ def test_notebook_has_objectives_exercises_and_at_least_two_executed_solutions(p
         if cell.cell_type == "code":
             # Stored outputs come from a full run (nbval re-executes every cell in CI).
             assert cell.execution_count is not None, f"{path.name} cell {i}: never executed"
-            assert not any(o.output_type == "error" for o in cell.outputs), \
-                f"{path.name} cell {i}: the solution raised"
+            assert not any(o.output_type == "error" for o in cell.outputs), f"{path.name} cell {i}: the solution raised"
     assert any(nb.cells[i].cell_type == "code" for i in solutions)
 
 
@@ -199,7 +222,7 @@ def test_student_version_contains_no_solution_code(path: Path):
     others = nbformat.from_dict(dict(nb))
     others.cells = [c for i, c in enumerate(nb.cells) if i not in solution_ids]
     elsewhere = json.dumps(others)
-    text = json.dumps(student)          # sources, outputs and metadata alike
+    text = json.dumps(student)  # sources, outputs and metadata alike
     checked = 0
     for i in solution_ids:
         cell = nb.cells[i]
@@ -224,12 +247,14 @@ def test_every_cell_has_slide_metadata(path: Path):
     if not path.is_file():
         pytest.fail(f"{path.name} has not landed in notebooks/")
     nb = course.read(path)
-    assert slides.missing(nb) == [], \
-        f"{path.name}: cells without slide metadata; run python -m mpcourse.course slides"
+    assert slides.missing(nb) == [], (
+        f"{path.name}: cells without slide metadata; run python -m mpcourse.authoring.notebooks slides"
+    )
 
 
 def test_course_docs_are_in_sync_with_the_notebooks():
     if not all(p.is_file() for p in _course_notebooks()):
         pytest.fail("not every course notebook has landed")
-    assert course.sync_docs(REPO, check=True) == [], \
-        "course/*.md generated blocks are stale: run python -m mpcourse.course sync"
+    assert course.sync_docs(REPO, check=True) == [], (
+        "course/*.md generated blocks are stale: run python -m mpcourse.authoring.notebooks sync"
+    )

@@ -16,7 +16,7 @@ import pytest
 
 import mpcourse as mpc
 from mpcourse import debug
-from mpcourse.engines.base import History, StepRecord
+from mpcourse.history import History, StepRecord
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -27,12 +27,11 @@ X, Y = DS.x_train[:64], DS.y_train[:64]
 
 def run(steps: int, *, model: object = "mlp", loss_fn: object = None, **cfg: object) -> History:
     cfg.setdefault("batch_size", 32)
-    eng = mpc.make_engine("torch", model, mpc.TrainConfig(**cfg), device="cpu", data=DS,
-                          loss_fn=loss_fn, verbose=False)
+    eng = mpc.make_engine("torch", model, mpc.TrainConfig(**cfg), device="cpu", data=DS, loss_fn=loss_fn, verbose=False)
     return eng.fit(DS, steps=steps, progress=False)
 
 
-def tiny_loss(out: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+def tiny_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # Gradients a million times smaller than cross-entropy's: below fp16's smallest subnormal.
     return 1e-6 * F.cross_entropy(out.float(), y)
 
@@ -72,8 +71,9 @@ def test_exploding_lr_gives_nan_loss(runs: dict[str, History]) -> None:
 
 def test_layer_overflowing_fp16_gives_nan_loss_from_step_0() -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
-                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
     with torch.no_grad():
         model[2].weight.mul_(1e6)  # its outputs pass 65504
     h = run(4, model=model, precision="fp16")
@@ -143,15 +143,19 @@ def test_no_speedup_reads_the_real_timings(runs: dict[str, History]) -> None:
 
 
 def _history(seconds: list[float], precision: str = "fp16", device: str = "cuda") -> History:
-    recs = [StepRecord(step=i, loss=2.0 - 0.01 * i, scale=1.0, grad_norm=1.0, found_inf=False,
-                       skipped=False, seconds=s, samples=64) for i, s in enumerate(seconds)]
+    recs = [
+        StepRecord(
+            step=i, loss=2.0 - 0.01 * i, scale=1.0, grad_norm=1.0, found_inf=False, skipped=False, seconds=s, samples=64
+        )
+        for i, s in enumerate(seconds)
+    ]
     return History(recs, {"precision": precision, "device": device, "scaling": "none"})
 
 
 def test_no_speedup_rule_arithmetic() -> None:
     ref = _history([0.02] * 30, "fp32")
-    assert debug.diagnose(_history([0.01] * 30), reference=ref) == []          # 2x faster
-    f = debug.diagnose(_history([0.019] * 30), reference=ref)                  # 1.05x
+    assert debug.diagnose(_history([0.01] * 30), reference=ref) == []  # 2x faster
+    f = debug.diagnose(_history([0.019] * 30), reference=ref)  # 1.05x
     assert f.kinds == ["no_speedup"] and math.isclose(f[0].values["speedup"], 0.02 / 0.019)
     assert "too small" in f[0].fix
     assert debug.diagnose(_history([0.019] * 30), reference=ref, min_speedup=1.0) == []
@@ -192,27 +196,33 @@ class _Boom(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by 1e6 (overflows fp16 at any scale)."""
 
     @staticmethod
-    def forward(ctx: object, x: "torch.Tensor") -> "torch.Tensor":
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
         return x.clone()
 
     @staticmethod
-    def backward(ctx: object, g: "torch.Tensor") -> "torch.Tensor":
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
         return g * 1e6
 
 
 class _GradBoom(torch.nn.Module):
-    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _Boom.apply(x)
 
 
-def _torch_net(planted: "torch.nn.Module | None" = None) -> "torch.nn.Module":
+def _torch_net(planted: torch.nn.Module | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     mid = [planted] if planted is not None else []
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
-                               *mid, torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 32),
+        *mid,
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 10),
+    )
 
 
-def _torch_state(m: "torch.nn.Module") -> dict[str, np.ndarray]:
+def _torch_state(m: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().clone().numpy() for k, v in m.state_dict().items()}
 
 
@@ -224,7 +234,7 @@ def test_torch_forward_first_bad_layer() -> None:
     rep = debug.find_first_nonfinite(m, X, Y, precision="fp16")
     assert rep.forward is not None and rep.forward.layer == "2" and rep.forward.produced_here
     assert rep.forward.dtype == "float16" and rep.backward is None and not rep.backward_searched
-    assert not debug.find_first_nonfinite(m, X, Y).found            # fp32 holds the same values
+    assert not debug.find_first_nonfinite(m, X, Y).found  # fp32 holds the same values
     assert not debug.find_first_nonfinite(m, X, Y, precision="bf16").found  # and so does bf16
     after = _torch_state(m)
     assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -243,8 +253,7 @@ def test_torch_backward_first_bad_layer() -> None:
 
 
 def test_torch_engine_scale_too_high_names_the_loss_gradient() -> None:
-    eng = mpc.make_engine("torch", "cnn", mpc.TrainConfig(precision="fp16"), device="cpu", data=DS,
-                          verbose=False)
+    eng = mpc.make_engine("torch", "cnn", mpc.TrainConfig(precision="fp16"), device="cpu", data=DS, verbose=False)
     before = _torch_state(eng.model)  # includes BatchNorm running statistics
     assert not debug.find_first_nonfinite(eng, X, Y).found
     rep = debug.find_first_nonfinite(eng, X, Y, scale=2.0**30)
@@ -373,16 +382,14 @@ def test_mlx_underflow_fractions_on_known_gradients() -> None:
     tab = debug.underflow_fractions(m, XK.astype(np.float32), np.zeros(4, dtype=np.int64), loss_fn=loss)
     row = tab.row("layers.0")
     assert row["n"] == 4 and (row["zero"], row["flushed"], row["subnormal"]) == (0.25, 0.25, 0.25)
-    tab = debug.underflow_fractions(m, XK.astype(np.float32), np.zeros(4, dtype=np.int64),
-                                    loss_fn=loss, scale=2.0**10)
+    tab = debug.underflow_fractions(m, XK.astype(np.float32), np.zeros(4, dtype=np.int64), loss_fn=loss, scale=2.0**10)
     assert tab.row("layers.0")["underflow"] == 0.5
 
 
 @needs_mlx
 @pytest.mark.parametrize("name", ["mlp", "cnn", "transformer", "lstm"])
 def test_mlx_engine_detectors_on_the_zoo(name: str) -> None:
-    eng = mpc.make_engine("mlx", name, mpc.TrainConfig(precision="fp16"), device="cpu", data=DS,
-                          verbose=False)
+    eng = mpc.make_engine("mlx", name, mpc.TrainConfig(precision="fp16"), device="cpu", data=DS, verbose=False)
     before = _mlx_state(eng.model)  # includes BatchNorm running statistics
     assert not debug.find_first_nonfinite(eng, X, Y).found
     rep = debug.find_first_nonfinite(eng, X, Y, scale=2.0**30)
@@ -399,8 +406,9 @@ def test_mlx_engine_runs_diagnosed() -> None:
     import mlx.nn as nn
 
     def mlx_run(steps: int, loss_fn: object = None, **cfg: object) -> History:
-        eng = mpc.make_engine("mlx", "mlp", mpc.TrainConfig(batch_size=32, **cfg), device="cpu",
-                              data=DS, loss_fn=loss_fn, verbose=False)
+        eng = mpc.make_engine(
+            "mlx", "mlp", mpc.TrainConfig(batch_size=32, **cfg), device="cpu", data=DS, loss_fn=loss_fn, verbose=False
+        )
         return eng.fit(DS, steps=steps, progress=False)
 
     assert debug.diagnose(mlx_run(30, precision="fp16")) == []
@@ -434,8 +442,7 @@ def test_history_panels_figure(runs: dict[str, History]) -> None:
 def test_history_inspector(runs: dict[str, History]) -> None:
     from mpcourse import widgets
 
-    insp = widgets.HistoryInspector({"fp32": runs["fp32"], "lr": runs["lr"], "scale": runs["scale"]},
-                                    reference="fp32")
+    insp = widgets.HistoryInspector({"fp32": runs["fp32"], "lr": runs["lr"], "scale": runs["scale"]}, reference="fp32")
     assert insp.run.value == "fp32" and "no findings" in insp.findings.value
     insp.run.value = "lr"
     first_nan = int(np.argmax(~np.isfinite(runs["lr"].losses)))

@@ -18,8 +18,13 @@ from mpcourse import formats as F
 
 ALL = F.names()
 SMALL = [n for n in ALL if F.info(n).bits <= 16]
-TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
-                     "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+TORCH_DTYPE_NAMES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "fp8_e4m3": "float8_e4m3fn",
+    "fp8_e5m2": "float8_e5m2",
+}
 
 
 def exact_round(x: float, fmt: str) -> float:
@@ -28,9 +33,9 @@ def exact_round(x: float, fmt: str) -> float:
     if x == 0 or not math.isfinite(x):
         return x if (math.isfinite(x) or f.has_inf) else math.nan
     a = Fraction(abs(x))
-    e = math.frexp(abs(x))[1] - 1                      # floor(log2 |x|), exact
+    e = math.frexp(abs(x))[1] - 1  # floor(log2 |x|), exact
     q = Fraction(2) ** (max(e, f.emin) - f.mantissa_bits)  # the ulp at |x|
-    r = round(a / q) * q                               # Python rounds Fractions half to even
+    r = round(a / q) * q  # Python rounds Fractions half to even
     if r > Fraction(f.max):
         return math.copysign(math.inf, x) if f.has_inf else math.nan
     return math.copysign(float(r), x)
@@ -42,6 +47,7 @@ def same(a, b) -> bool:
 
 
 # --- facts --------------------------------------------------------------------------------
+
 
 def test_names_and_aliases():
     assert ALL == ["fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]
@@ -69,7 +75,11 @@ def test_facts_equal_ml_dtypes_finfo(name):
     fi = ml_dtypes.finfo(f.dtype)
     assert (f.bits, f.exponent_bits, f.mantissa_bits) == (fi.bits, fi.nexp, fi.nmant)
     assert (f.max, f.min_normal, f.min_subnormal, f.eps) == (
-        float(fi.max), float(fi.smallest_normal), float(fi.smallest_subnormal), float(fi.eps))
+        float(fi.max),
+        float(fi.smallest_normal),
+        float(fi.smallest_subnormal),
+        float(fi.eps),
+    )
     assert f.bits == 1 + f.exponent_bits + f.mantissa_bits
     assert f.bias == 2 ** (f.exponent_bits - 1) - 1
 
@@ -100,6 +110,7 @@ def test_inf_and_table():
 
 # --- bit fields ---------------------------------------------------------------------------
 
+
 def test_bits_strings():
     assert F.bits(1.0, "fp16") == "0 01111 0000000000"
     assert F.bits(-2.0, "fp16") == "1 10000 0000000000"
@@ -107,7 +118,7 @@ def test_bits_strings():
     assert F.bits(2.0**-24, "fp16") == "0 00000 0000000001"
     assert F.bits(1.0, "bf16") == "0 01111111 0000000"
     assert F.bits(448, "fp8_e4m3") == "0 1111 110"
-    assert F.bits(1e9, "fp8_e4m3") == "0 1111 111"      # overflow -> NaN pattern
+    assert F.bits(1e9, "fp8_e4m3") == "0 1111 111"  # overflow -> NaN pattern
     assert F.bits(np.inf, "fp8_e5m2") == "0 11111 00"
     assert F.bits(1.0, "fp32") == "0 01111111 " + "0" * 23
 
@@ -116,15 +127,13 @@ def test_bits_strings():
 def test_decompose_compose_every_bit_pattern(name):
     f = F.info(name)
     patterns = np.arange(2**f.bits, dtype=np.int64)
-    with np.errstate(invalid="ignore"):   # NaN patterns
-        values = patterns.astype({8: np.uint8, 16: np.uint16}[f.bits]).view(f.dtype).astype(
-            np.float64)
+    with np.errstate(invalid="ignore"):  # NaN patterns
+        values = patterns.astype({8: np.uint8, 16: np.uint16}[f.bits]).view(f.dtype).astype(np.float64)
     d = F.decompose(values, name)
     assert same(d.value, values)
     assert same(F.compose(d.sign, d.exponent_field, d.mantissa, name), values)
     finite = np.isfinite(values)
-    arith = ((-1.0) ** d.sign * (d.implicit + d.mantissa / 2.0**f.mantissa_bits)
-             * np.exp2(d.exponent.astype(np.float64)))
+    arith = (-1.0) ** d.sign * (d.implicit + d.mantissa / 2.0**f.mantissa_bits) * np.exp2(d.exponent.astype(np.float64))
     assert np.array_equal(arith[finite], values[finite])
     sub = finite & (values != 0) & (np.abs(values) < f.min_normal)
     assert np.all(d.exponent_field[sub] == 0) and np.all(d.implicit[sub] == 0)
@@ -138,17 +147,22 @@ def test_decompose_reassembles(x, name):
     f = F.info(name)
     assert same(F.compose(d.sign, d.exponent_field, d.mantissa, name), d.value)
     if np.isfinite(d.value):
-        back = (-1.0) ** int(d.sign) * (int(d.implicit) + int(d.mantissa) / 2**f.mantissa_bits) \
-            * 2.0 ** int(d.exponent)
+        back = (-1.0) ** int(d.sign) * (int(d.implicit) + int(d.mantissa) / 2**f.mantissa_bits) * 2.0 ** int(d.exponent)
         assert back == d.value
 
 
 # --- rounding -----------------------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False),
-                 st.floats(min_value=-1e5, max_value=1e5),
-                 st.floats(min_value=-1e-3, max_value=1e-3)), st.sampled_from(ALL))
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=-1e5, max_value=1e5),
+        st.floats(min_value=-1e-3, max_value=1e-3),
+    ),
+    st.sampled_from(ALL),
+)
 def test_round_to_is_single_round_to_nearest_even(x, name):
     assert same(F.round_to(x, name), exact_round(x, name))
 
@@ -165,7 +179,7 @@ def test_ties_go_to_even(name):
 
 
 def test_single_rounding_beats_cast_through_float32():
-    x = 1 + 2.0**-8 + 2.0**-40     # above the bf16 midpoint 1 + 2**-8
+    x = 1 + 2.0**-8 + 2.0**-40  # above the bf16 midpoint 1 + 2**-8
     assert F.round_to(x, "bf16") == 1 + 2.0**-7
     assert float(np.float64(x).astype(np.float32).astype(ml_dtypes.bfloat16)) == 1.0
 
@@ -184,14 +198,15 @@ def _random_f32(rng, n, lo, hi):
         return (rng.choice([-1.0, 1.0], n) * mag).astype(np.float32)
 
 
-@pytest.mark.parametrize("name,lo,hi", [("fp16", -30, 18), ("bf16", -140, 130),
-                                        ("fp8_e4m3", -12, 8), ("fp8_e5m2", -20, 17)])
+@pytest.mark.parametrize(
+    "name,lo,hi", [("fp16", -30, 18), ("bf16", -140, 130), ("fp8_e4m3", -12, 8), ("fp8_e5m2", -20, 17)]
+)
 def test_round_to_matches_torch_cast(name, lo, hi):
     torch = pytest.importorskip("torch")
     x = _random_f32(np.random.default_rng(0), 100_000, lo, hi)
     big = min(F.info(name).max * 1.1, float(np.finfo(np.float32).max))
     x = np.concatenate([x, np.array([big, -big], np.float32)])
-    if name == "fp8_e4m3":   # torch saturates e4m3fn overflow to +-448 (see next test)
+    if name == "fp8_e4m3":  # torch saturates e4m3fn overflow to +-448 (see next test)
         x = x[np.abs(x) <= 464]
     ours = F.round_to(x, name)
     theirs = torch.from_numpy(x).to(getattr(torch, TORCH_DTYPE_NAMES[name])).double().numpy()
@@ -209,26 +224,37 @@ def test_torch_saturates_e4m3_where_ml_dtypes_gives_nan():
 
 # --- masks --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ALL)
 def test_masks_on_boundaries(name):
     f = F.info(name)
     mx, mn, sub = f.max, f.min_normal, f.min_subnormal
-    x = np.array([mx, mx * 1.1, -mx * 1.1, mn, mn / 2, sub, sub / 2, sub * 0.51, 0.0, 1.0,
-                  np.inf, np.nan])
+    x = np.array([mx, mx * 1.1, -mx * 1.1, mn, mn / 2, sub, sub / 2, sub * 0.51, 0.0, 1.0, np.inf, np.nan])
     assert F.overflow_mask(x, name).tolist() == [0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     # sub/2 is a tie between 0 and sub: even wins -> 0
     assert F.underflow_mask(x, name).tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
     assert F.subnormal_mask(x, name).tolist() == [0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0]
     assert F.classify(x, name).tolist() == [
-        "normal", "overflow", "overflow", "normal", "subnormal", "subnormal", "underflow",
-        "subnormal", "zero", "normal", "inf", "nan"]
+        "normal",
+        "overflow",
+        "overflow",
+        "normal",
+        "subnormal",
+        "subnormal",
+        "underflow",
+        "subnormal",
+        "zero",
+        "normal",
+        "inf",
+        "nan",
+    ]
     assert F.overflow_mask(mx * 1.01, name).shape == ()
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_overflow_threshold_is_max_plus_half_ulp(name):
     f = F.info(name)
-    edge = f.max + F.spacing(f.max * (1 - 2**-30), name) / 2   # the tie above max
+    edge = f.max + F.spacing(f.max * (1 - 2**-30), name) / 2  # the tie above max
     assert not F.overflow_mask(np.nextafter(edge, 0), name)
     assert F.overflow_mask(np.nextafter(edge, np.inf), name)
     # the tie itself goes to the even mantissa: inf for IEEE formats (max ends in ...1),
@@ -248,12 +274,12 @@ def test_explain_every_format():
 
 # --- spacing, lost updates, enumeration ---------------------------------------------------
 
+
 @pytest.mark.parametrize("name,dtype", [("fp16", np.float16), ("fp32", np.float32)])
 def test_spacing_matches_np_spacing(name, dtype):
     rng = np.random.default_rng(1)
     x = _random_f32(rng, 20_000, -160 if name == "fp32" else -30, 15).astype(dtype)
-    x = np.concatenate([x, np.array([0, 1, -1, F.info(name).min_normal, F.info(name).min_subnormal],
-                                    dtype)])
+    x = np.concatenate([x, np.array([0, 1, -1, F.info(name).min_normal, F.info(name).min_subnormal], dtype)])
     x = x[np.isfinite(x) & (np.abs(x) < F.info(name).max)]
     # on |x|: numpy's float16 spacing of a negative x measures toward zero (np.spacing(
     # float16(-1)) is 2**-11, not -2**-10 as for float32/float64); ours is the ulp of |x|
@@ -280,12 +306,13 @@ def test_representable_values():
     assert F.representable_values("fp8_e5m2", 1, 2).tolist() == [1.0, 1.25, 1.5, 1.75, 2.0]
     assert F.representable_values("e4m3", 1, 2).tolist() == [1 + k / 8 for k in range(9)]
     v = F.representable_values("fp8_e4m3")
-    assert len(v) == 2 * 126 + 1       # 256 patterns - 2 NaN - one of +-0
+    assert len(v) == 2 * 126 + 1  # 256 patterns - 2 NaN - one of +-0
     assert len(F.representable_values("fp16")) == 2 * (31 * 1024) - 1
     assert np.all(np.diff(F.representable_values("bf16", -1, 1)) > 0)
 
 
 # --- bad input ----------------------------------------------------------------------------
+
 
 def test_bad_input():
     with pytest.raises(ValueError, match="fp8_e5m2"):
@@ -318,6 +345,8 @@ def test_accepts_format_dtypes_and_shapes():
 
 
 def test_import_needs_no_framework():
-    code = ("import sys; import mpcourse.formats as F; F.round_to(1.0, 'bf16'); "
-            "assert 'torch' not in sys.modules and 'mlx' not in sys.modules")
+    code = (
+        "import sys; import mpcourse.formats as F; F.round_to(1.0, 'bf16'); "
+        "assert 'torch' not in sys.modules and 'mlx' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

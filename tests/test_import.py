@@ -18,14 +18,16 @@ BLOCKER = textwrap.dedent("""
 
 
 def run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_import_without_frameworks() -> None:
     r = run("""
         import mpcourse as mpc
-        from mpcourse import plots, demo, cli
+        from mpcourse import plots, cli
+        from mpcourse.studies import demo
         assert mpc.formats is not None and mpc.data.load('digits').num_classes == 10
         s = mpc.DynamicLossScaler(); s.update(True); assert s.scale == 2.0**15
         assert mpc.available_backends() == [], mpc.available_backends()

@@ -10,13 +10,15 @@ import pytest
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]')")
 nn = pytest.importorskip("mlx.nn")
 
+from mlx.utils import tree_flatten  # noqa: E402
+
 import mpcourse as mpc  # noqa: E402
 from mpcourse.clipping import ClipPolicy  # noqa: E402
-from mpcourse.engines import mlx_models  # noqa: E402
-from mpcourse.engines.base import available_backends, make_engine  # noqa: E402
-from mpcourse.engines.mlx_engine import DeviceUnavailableError, MLXEngine, mlx_devices  # noqa: E402
+from mpcourse.engines import available_backends, make_engine  # noqa: E402
+from mpcourse.engines.mlx import models as mlx_models  # noqa: E402
+from mpcourse.engines.mlx.engine import DeviceUnavailableError, MLXEngine, mlx_devices  # noqa: E402
+from mpcourse.engines.zoo import SPECS  # noqa: E402
 from mpcourse.scaler import DynamicLossScaler  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
 
 
 def _params(eng: MLXEngine) -> dict[str, np.ndarray]:
@@ -68,8 +70,9 @@ def test_mixed_precision_keeps_fp32_masters_and_a_half_compute_copy(digits):
     copy_ = dict(tree_flatten(eng.model.trainable_parameters()))
     assert {v.dtype for v in copy_.values()} == {mx.bfloat16}
     for k, master in tree_flatten(eng.master_params):  # the model holds the *current* masters
-        assert np.array_equal(np.array(master.astype(mx.bfloat16).astype(mx.float32)),
-                              np.array(copy_[k].astype(mx.float32)))
+        assert np.array_equal(
+            np.array(master.astype(mx.bfloat16).astype(mx.float32)), np.array(copy_[k].astype(mx.float32))
+        )
 
 
 def test_pure_half_training_loses_small_updates_that_master_weights_keep(digits):
@@ -113,8 +116,9 @@ def test_a_static_scale_fp16_cannot_hold_skips_every_step_without_touching_param
 
 
 def test_loss_scale_none_applies_even_a_non_finite_step_like_a_plain_loop(digits):
-    eng = MLXEngine("mlp", mpc.TrainConfig(precision="fp16", loss_scale="none"), device="cpu",
-                    loss_fn=_planted_loss({0}, _mlx_ce))
+    eng = MLXEngine(
+        "mlp", mpc.TrainConfig(precision="fp16", loss_scale="none"), device="cpu", loss_fn=_planted_loss({0}, _mlx_ce)
+    )
     rec = eng.fit(digits, steps=1)[0]
     assert rec.found_inf and not rec.skipped and rec.scale == 1.0
     assert not all(np.isfinite(v).all() for v in _params(eng).values())
@@ -123,8 +127,9 @@ def test_loss_scale_none_applies_even_a_non_finite_step_like_a_plain_loop(digits
 def test_compiled_and_uncompiled_steps_give_the_same_results(digits):
     # init_scale 2**30 overflows at first: the dynamic scaler backs off, so the compiled
     # device-side skip is exercised too. (The first compiled run on a machine JIT-builds kernels.)
-    cfg = mpc.TrainConfig(precision="fp16", loss_scale="dynamic", init_scale=2.0**30, growth_interval=5,
-                          optimizer="sgd", lr=0.05)
+    cfg = mpc.TrainConfig(
+        precision="fp16", loss_scale="dynamic", init_scale=2.0**30, growth_interval=5, optimizer="sgd", lr=0.05
+    )
     runs = []
     for compiled in (True, False):
         eng = MLXEngine("mlp", cfg, device="cpu", compile=compiled)
@@ -162,8 +167,9 @@ class _RecordingClip(MLXEngine):
 
 
 def test_clip_hook_sees_unscaled_norms_on_finite_steps_only(digits):
-    cfg = mpc.TrainConfig(precision="fp16", loss_scale="dynamic", init_scale=2.0**8, clip=ClipPolicy(),
-                          optimizer="sgd", momentum=0.0)
+    cfg = mpc.TrainConfig(
+        precision="fp16", loss_scale="dynamic", init_scale=2.0**8, clip=ClipPolicy(), optimizer="sgd", momentum=0.0
+    )
     eng = _RecordingClip("mlp", cfg, device="cpu", loss_fn=_planted_loss({1}, _mlx_ce))
     eng.seen = []
     before = _params(eng)
@@ -183,11 +189,14 @@ def test_no_clip_policy_means_the_hook_is_a_no_op():
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("model,cfg", [
-    ("mlp", mpc.TrainConfig(precision="fp16", loss_scale="dynamic", growth_interval=2, batch_size=96)),
-    ("cnn", mpc.TrainConfig(precision="bf16", optimizer="sgd", lr=0.05, batch_size=96)),
-    ("mlp", mpc.TrainConfig(precision="bf16", master_weights=False, optimizer="adamw", batch_size=96)),
-])
+@pytest.mark.parametrize(
+    "model,cfg",
+    [
+        ("mlp", mpc.TrainConfig(precision="fp16", loss_scale="dynamic", growth_interval=2, batch_size=96)),
+        ("cnn", mpc.TrainConfig(precision="bf16", optimizer="sgd", lr=0.05, batch_size=96)),
+        ("mlp", mpc.TrainConfig(precision="bf16", master_weights=False, optimizer="adamw", batch_size=96)),
+    ],
+)
 def test_checkpoint_resume_is_bit_exact(digits, model, cfg):
     data = (digits.x_train[:384], digits.y_train[:384])  # 4 batches per epoch: MLX's CPU conv is slow
     a = MLXEngine(model, cfg, device="cpu")
@@ -226,10 +235,10 @@ def test_a_state_from_another_model_or_scaler_is_refused_and_leaves_the_engine_i
 
 
 # --- torch as the oracle ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", mlx_models.SPECS)
+@pytest.mark.parametrize("name", SPECS)
 def test_every_zoo_model_matches_its_torch_twin_after_copying_weights(name):
     torch = pytest.importorskip("torch")
-    from mpcourse.engines import torch_models
+    from mpcourse.engines.torch import models as torch_models
 
     tm, mm = torch_models.build_model(name), mlx_models.build_model(name)
     mlx_shapes = {k: tuple(v.shape) for k, v in tree_flatten(mm.parameters())}
@@ -250,11 +259,12 @@ def test_every_zoo_model_matches_its_torch_twin_after_copying_weights(name):
     assert np.isfinite(eng.fit((x.repeat(6, 0), np.arange(36) % 10), steps=1).losses).all()
 
 
-@pytest.mark.parametrize("opt", [dict(optimizer="sgd", lr=0.05, momentum=0.9),
-                                 dict(optimizer="adam", lr=1e-3, weight_decay=1e-4)])
+@pytest.mark.parametrize(
+    "opt", [dict(optimizer="sgd", lr=0.05, momentum=0.9), dict(optimizer="adam", lr=1e-3, weight_decay=1e-4)]
+)
 def test_fp32_losses_match_torch_for_the_first_20_steps(digits, opt):
     pytest.importorskip("torch")
-    from mpcourse.engines import torch_models
+    from mpcourse.engines.torch import models as torch_models
 
     cfg = mpc.TrainConfig(precision="fp32", **opt)
     teng = make_engine("torch", "mlp", cfg, device="cpu", verbose=False)
@@ -273,12 +283,14 @@ def test_scaler_trajectory_is_identical_across_engines_for_the_same_verdicts(dig
     import torch.nn.functional as F
 
     bad = {1, 4, 5, 6, 11}
-    cfg = mpc.TrainConfig(precision="fp16", loss_scale="dynamic", init_scale=2.0**12,
-                          growth_interval=3, hysteresis=hysteresis)
-    teng = make_engine("torch", "mlp", cfg, device="cpu", verbose=False,
-                       loss_fn=_planted_loss(bad, lambda o, y: F.cross_entropy(o, y)))
+    cfg = mpc.TrainConfig(
+        precision="fp16", loss_scale="dynamic", init_scale=2.0**12, growth_interval=3, hysteresis=hysteresis
+    )
+    teng = make_engine(
+        "torch", "mlp", cfg, device="cpu", verbose=False, loss_fn=_planted_loss(bad, lambda o, y: F.cross_entropy(o, y))
+    )
     meng = make_engine("mlx", "mlp", cfg, device="cpu", verbose=False, loss_fn=_planted_loss(bad, _mlx_ce))
-    assert (teng.grad_scaler is not None) == (hysteresis == 1)  # GradScaler vs mpcourse's scaler
+    assert (teng.scaling.kind == "grad_scaler") == (hysteresis == 1)  # GradScaler vs mpcourse's scaler
     ht, hm = teng.fit(digits, steps=16), meng.fit(digits, steps=16)
     verdicts = [i in bad for i in range(16)]
     ref, expected = DynamicLossScaler(2.0**12, growth_interval=3, hysteresis=hysteresis), []
@@ -345,8 +357,9 @@ def test_a_users_own_model_and_loss_are_accepted(digits):
         calls.append(out.dtype)
         return _mlx_ce(out, y)
 
-    eng = make_engine("mlx", Tiny(), mpc.TrainConfig(precision="bf16", lr=1e-2), device="cpu",
-                      loss_fn=loss_fn, verbose=False)
+    eng = make_engine(
+        "mlx", Tiny(), mpc.TrainConfig(precision="bf16", lr=1e-2), device="cpu", loss_fn=loss_fn, verbose=False
+    )
     hist = eng.fit(digits, epochs=2)
     assert eng.model_name == "Tiny" and calls[0] == mx.float32  # the loss sees fp32 outputs
     assert hist.losses[-5:].mean() < hist.losses[:5].mean()
@@ -354,6 +367,7 @@ def test_a_users_own_model_and_loss_are_accepted(digits):
 
 
 def test_both_engines_raise_one_device_error_class() -> None:
-    from mpcourse.engines import base, torch_engine
+    from mpcourse.engines import base
+    from mpcourse.engines.torch import engine as torch_engine
 
     assert DeviceUnavailableError is base.DeviceUnavailableError is torch_engine.DeviceUnavailableError

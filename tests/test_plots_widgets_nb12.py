@@ -31,8 +31,9 @@ def test_bit_layout_holds_each_formats_bits():
     _labelled(fig)
     by_field = {t.name: t for t in fig.data}
     for fmt in ("fp32", "fp16"):
-        got = "".join(t for f in ("sign", "exponent", "mantissa")
-                      for t, y in zip(by_field[f].text, by_field[f].y) if y == fmt)
+        got = "".join(
+            t for f in ("sign", "exponent", "mantissa") for t, y in zip(by_field[f].text, by_field[f].y) if y == fmt
+        )
         assert got == mpc.formats.bits(-2.5, fmt).replace(" ", "")
 
 
@@ -67,8 +68,12 @@ def test_gradient_histogram_counts_and_reports_underflow():
 def test_loss_and_scale_empty_and_filled():
     empty = plots.loss_and_scale()
     assert [len(t.x) for t in empty.data] == [0, 0, 0]
-    recs = [mpc.StepRecord(step=i, loss=2.0 * 2**-20, scale=s, grad_norm=1.0, found_inf=f, skipped=f, seconds=0.01,
-                           samples=64) for i, (s, f) in enumerate([(8.0, False), (8.0, True), (4.0, False)])]
+    recs = [
+        mpc.StepRecord(
+            step=i, loss=2.0 * 2**-20, scale=s, grad_norm=1.0, found_inf=f, skipped=f, seconds=0.01, samples=64
+        )
+        for i, (s, f) in enumerate([(8.0, False), (8.0, True), (4.0, False)])
+    ]
     fig = plots.loss_and_scale(mpc.History(recs), loss_weight=2**-20)
     assert fig.layout.title.text and fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
     np.testing.assert_allclose(fig.data[0].y, [2.0, 2.0, 2.0])

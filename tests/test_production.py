@@ -17,20 +17,31 @@ import pytest
 
 import mpcourse as mpc
 from mpcourse import production as prod
-from mpcourse.checkpoint import (CheckpointError, CheckpointManager, load_checkpoint, read_checkpoint,
-                                 save_checkpoint, write_checkpoint)
-from mpcourse.engines.base import StepRecord
 from mpcourse.engines.portable import array_leaves, export_state, rng_state
-from mpcourse.monitor import COLUMNS, Monitor
+from mpcourse.history import StepRecord
+from mpcourse.production.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
+from mpcourse.production.monitor import COLUMNS, Monitor
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-HAS_MLX_ENGINE = (importlib.util.find_spec("mlx") is not None
-                  and importlib.util.find_spec("mpcourse.engines.mlx_engine") is not None)
+HAS_MLX_ENGINE = (
+    importlib.util.find_spec("mlx") is not None and importlib.util.find_spec("mpcourse.engines.mlx.engine") is not None
+)
 BACKENDS = [
     pytest.param("torch", marks=pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")),
-    pytest.param("mlx", marks=pytest.mark.skipif(
-        not HAS_MLX_ENGINE, reason="the MLX engine (mpcourse.engines.mlx_engine) or mlx is not available here")),
+    pytest.param(
+        "mlx",
+        marks=pytest.mark.skipif(
+            not HAS_MLX_ENGINE, reason="the MLX engine (mpcourse.engines.mlx.engine) or mlx is not available here"
+        ),
+    ),
 ]
 
 
@@ -47,17 +58,26 @@ def _engine(backend: str, digits: mpc.data.Dataset, **cfg: object) -> mpc.engine
 
 def _model_arrays(engine: object) -> dict[str, np.ndarray]:
     fw = export_state(engine)["framework"]
-    return array_leaves(fw["model"] if "model" in fw else fw["master"])   # torch: model, MLX: master
+    return array_leaves(fw["model"] if "model" in fw else fw["master"])  # torch: model, MLX: master
 
 
 def _same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a)
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a
+    )
 
 
 def _rec(step: int, found_inf: bool, scale: float = 1024.0) -> StepRecord:
-    return StepRecord(step=step, loss=1.0, scale=scale, grad_norm=1.0, found_inf=found_inf,
-                      skipped=found_inf, seconds=0.01, samples=64)
+    return StepRecord(
+        step=step,
+        loss=1.0,
+        scale=scale,
+        grad_norm=1.0,
+        found_inf=found_inf,
+        skipped=found_inf,
+        seconds=0.01,
+        samples=64,
+    )
 
 
 # --- fallback -----------------------------------------------------------------------------------
@@ -65,12 +85,12 @@ def test_fallback_policy_rules() -> None:
     pol = prod.FallbackPolicy(window=4, max_overflow_rate=0.5)
     assert pol.check([]) is None
     assert pol.check([_rec(0, True), _rec(1, True), _rec(2, True)]) is None  # window not full yet
-    assert pol.check([_rec(i, i == 1) for i in range(4)]) is None            # 25% < 50%
-    reason, ev = pol.check([_rec(i, i in (1, 3)) for i in range(4)])        # 50% reaches 50%
+    assert pol.check([_rec(i, i == 1) for i in range(4)]) is None  # 25% < 50%
+    reason, ev = pol.check([_rec(i, i in (1, 3)) for i in range(4)])  # 50% reaches 50%
     assert reason == "overflow_rate" and ev["overflow_steps"] == [1, 3] and ev["window"] == [0, 3]
     reason, ev = pol.check([_rec(0, False), _rec(1, True, scale=2.0)], min_scale=2.0)
     assert reason == "min_scale" and ev["scale"] == 2.0
-    assert pol.check([_rec(0, False, scale=2.0)], min_scale=2.0) is None     # at the floor, no overflow
+    assert pol.check([_rec(0, False, scale=2.0)], min_scale=2.0) is None  # at the floor, no overflow
     assert pol.next_precision("fp16") == "bf16" and pol.next_precision("fp32") is None
     assert prod.FallbackPolicy(chain=("fp16", "fp32")).next_precision("fp16") == "fp32"
     with pytest.raises(ValueError, match="less to more range"):
@@ -83,8 +103,14 @@ def test_fallback_policy_rules() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fallback_triggers_on_overflow_storm_and_training_continues(backend: str, storm: mpc.data.Dataset) -> None:
-    tr = prod.Trainer(backend, "mlp", mpc.TrainConfig(precision="fp16"), storm, device="cpu",
-                      fallback=prod.FallbackPolicy(window=8, max_overflow_rate=0.5))
+    tr = prod.Trainer(
+        backend,
+        "mlp",
+        mpc.TrainConfig(precision="fp16"),
+        storm,
+        device="cpu",
+        fallback=prod.FallbackPolicy(window=8, max_overflow_rate=0.5),
+    )
     before = _model_arrays(tr.engine)
     hist = tr.fit(steps=24)
     assert len(hist) == 24
@@ -92,7 +118,7 @@ def test_fallback_triggers_on_overflow_storm_and_training_continues(backend: str
     assert (ev["step"], ev["from"], ev["to"], ev["reason"]) == (8, "fp16", "bf16", "overflow_rate")
     assert ev["evidence"]["overflow_rate"] == 1.0 and ev["evidence"]["overflow_steps"] == list(range(8))
     assert all(r.skipped for r in hist.records[:8])
-    assert _same_bits(before, _model_arrays(tr.engine)) is False            # it trained after the switch
+    assert _same_bits(before, _model_arrays(tr.engine)) is False  # it trained after the switch
     after = hist.records[8:]
     assert not any(r.skipped for r in after) and np.isfinite([r.loss for r in after]).all()
     assert tr.engine.config.precision == "bf16" and tr.engine.step == 24
@@ -128,8 +154,7 @@ def test_precision_schedule_rules() -> None:
     s = prod.PrecisionSchedule.fp32_warmup(10, then="fp16")
     assert [s.phase_at(i).precision for i in (0, 9, 10, 999)] == ["fp32", "fp32", "fp16", "fp16"]
     assert s.starts() == [0, 10] and s.next_boundary(3) == 10 and s.next_boundary(10) is None
-    m = prod.PrecisionSchedule.from_map({"warm": "fp32", "main": "bf16", "end": "fp32"},
-                                        steps={"warm": 5, "main": 20})
+    m = prod.PrecisionSchedule.from_map({"warm": "fp32", "main": "bf16", "end": "fp32"}, steps={"warm": 5, "main": 20})
     assert [m.phase_at(i).name for i in (4, 5, 24, 25)] == ["warm", "main", "main", "end"]
     with pytest.raises(ValueError, match="every phase but the last"):
         prod.PrecisionSchedule([("a", "fp32"), ("b", "fp16")])
@@ -139,8 +164,14 @@ def test_precision_schedule_rules() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_trainer_follows_schedule(backend: str, digits: mpc.data.Dataset) -> None:
-    tr = prod.Trainer(backend, "mlp", mpc.TrainConfig(precision="fp16"), digits, device="cpu",
-                      schedule=prod.PrecisionSchedule.fp32_warmup(6, then="fp16"))
+    tr = prod.Trainer(
+        backend,
+        "mlp",
+        mpc.TrainConfig(precision="fp16"),
+        digits,
+        device="cpu",
+        schedule=prod.PrecisionSchedule.fp32_warmup(6, then="fp16"),
+    )
     hist = tr.fit(steps=10)
     assert hist.events == [{"step": 6, "kind": "phase", "from": "fp32", "to": "fp16", "phase": "main"}]
     assert hist.scales[:6].tolist() == [1.0] * 6 and hist.scales[6] == 2.0**16
@@ -150,30 +181,31 @@ def test_trainer_follows_schedule(backend: str, digits: mpc.data.Dataset) -> Non
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_memory_estimate_uses_real_counts(backend: str, digits: mpc.data.Dataset) -> None:
     eng = _engine(backend, digits)
-    p = 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10   # the small mlp's weights and biases
+    p = 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # the small mlp's weights and biases
     small = prod.estimate_memory(eng, digits.x_train[:8], "fp16")
     assert small.parameters == p
-    assert small.activations >= 8 * (256 + 256 + 10)      # at least every Linear's output
+    assert small.activations >= 8 * (256 + 256 + 10)  # at least every Linear's output
     ref = prod.estimate_memory(eng, digits.x_train[:8], "fp32")
     # Saving = half the activation bytes, minus the fp16 weight copy: negative for a tiny batch...
     assert small.saved_vs(ref) == 2 * small.activations - 2 * p < 0
     big = prod.PrecisionSchedule.fp32_warmup(5).memory_estimates(eng, digits.x_train[:1024])
-    assert big[0]["saved_bytes"] == 0 and big[1]["saved_bytes"] > 0   # ...positive for a big one
+    assert big[0]["saved_bytes"] == 0 and big[1]["saved_bytes"] > 0  # ...positive for a big one
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_checkpoint_round_trip_is_bit_exact(backend: str, precision: str, digits: mpc.data.Dataset,
-                                            tmp_path: Path) -> None:
+def test_checkpoint_round_trip_is_bit_exact(
+    backend: str, precision: str, digits: mpc.data.Dataset, tmp_path: Path
+) -> None:
     a = _engine(backend, digits, precision=precision, optimizer="adamw")
     a.fit(digits, steps=27, progress=False)  # ends mid-epoch (23 batches per epoch)
     path = save_checkpoint(tmp_path / "a.mpck", a)
-    drawn = np.random.random(3)                    # the global RNGs move on after the save...
+    drawn = np.random.random(3)  # the global RNGs move on after the save...
     b = _engine(backend, digits, precision=precision, optimizer="adamw")
     ck = load_checkpoint(path, b)
     assert prod.state_differences(ck.state["rng"], rng_state(backend)) == []
-    assert np.random.random(3).tolist() == drawn.tolist()   # ...and loading puts them back
+    assert np.random.random(3).tolist() == drawn.tolist()  # ...and loading puts them back
     assert ck.meta["step"] == 27 and ck.meta["precision"] == precision
     sa, sb = export_state(a), export_state(b)
     assert _same_bits(array_leaves(sa), array_leaves(sb))
@@ -186,9 +218,14 @@ def test_checkpoint_round_trip_is_bit_exact(backend: str, precision: str, digits
 def test_container_round_trips_python_and_numpy_values(tmp_path: Path) -> None:
     import ml_dtypes
 
-    state = {"t": (1, 2.5, None), "ints": {0: "a", 7: [True, float("inf")]}, "f": np.float32(0.1),
-             "bf": np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(2, 3),
-             "__mpc_x": 1, "nested": [np.int64(3), {"e": np.zeros((0, 4), dtype=np.uint8)}]}
+    state = {
+        "t": (1, 2.5, None),
+        "ints": {0: "a", 7: [True, float("inf")]},
+        "f": np.float32(0.1),
+        "bf": np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(2, 3),
+        "__mpc_x": 1,
+        "nested": [np.int64(3), {"e": np.zeros((0, 4), dtype=np.uint8)}],
+    }
     got = read_checkpoint(write_checkpoint(tmp_path / "c.mpck", state, {"note": "x"})).state
     assert got["t"] == (1, 2.5, None) and got["ints"] == {0: "a", 7: [True, float("inf")]}
     assert got["f"] == np.float32(0.1) and got["f"].dtype == np.float32 and got["__mpc_x"] == 1
@@ -205,7 +242,8 @@ def test_container_round_trips_python_and_numpy_values(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_files_are_refused_and_the_previous_checkpoint_survives(
-        backend: str, digits: mpc.data.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend: str, digits: mpc.data.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     eng = _engine(backend, digits, precision="fp16")
     eng.fit(digits, steps=3, progress=False)
     path = save_checkpoint(tmp_path / "ckpt.mpck", eng)
@@ -252,8 +290,9 @@ def test_manager_skips_a_truncated_newest_file(backend: str, digits: mpc.data.Da
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mismatched_checkpoint_is_refused_and_engine_untouched(backend: str, digits: mpc.data.Dataset,
-                                                               tmp_path: Path) -> None:
+def test_mismatched_checkpoint_is_refused_and_engine_untouched(
+    backend: str, digits: mpc.data.Dataset, tmp_path: Path
+) -> None:
     eng = _engine(backend, digits, lr=1e-3)
     eng.fit(digits, steps=2, progress=False)
     path = save_checkpoint(tmp_path / "a.mpck", eng)
@@ -270,14 +309,20 @@ def test_mismatched_checkpoint_is_refused_and_engine_untouched(backend: str, dig
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_trainer_resume_reproduces_fallback_run(backend: str, storm: mpc.data.Dataset, tmp_path: Path) -> None:
     def trainer(directory: Path) -> prod.Trainer:
-        return prod.Trainer(backend, "mlp", mpc.TrainConfig(precision="fp16"), storm, device="cpu",
-                            fallback=prod.FallbackPolicy(window=6, max_overflow_rate=0.5),
-                            checkpoints=CheckpointManager(directory, every=4, keep=2))
+        return prod.Trainer(
+            backend,
+            "mlp",
+            mpc.TrainConfig(precision="fp16"),
+            storm,
+            device="cpu",
+            fallback=prod.FallbackPolicy(window=6, max_overflow_rate=0.5),
+            checkpoints=CheckpointManager(directory, every=4, keep=2),
+        )
 
     full = trainer(tmp_path / "full")
     full.run_to(20)
     crashed = trainer(tmp_path / "crash")
-    crashed.run_to(13)                              # "crash" after step 13; newest checkpoint: 12
+    crashed.run_to(13)  # "crash" after step 13; newest checkpoint: 12
     resumed = trainer(tmp_path / "crash")
     assert resumed.resume(tmp_path / "crash").meta["step"] == 12
     assert resumed.engine.config.precision == "bf16"
@@ -287,8 +332,23 @@ def test_trainer_resume_reproduces_fallback_run(backend: str, storm: mpc.data.Da
 
 
 def _train_cmd(backend: str, directory: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mpcourse.production", "train", "--backend", backend, "--dir",
-            str(directory), "--steps", "40", "--every", "5", "--precision", "fp16", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mpcourse.production",
+        "train",
+        "--backend",
+        backend,
+        "--dir",
+        str(directory),
+        "--steps",
+        "40",
+        "--every",
+        "5",
+        "--precision",
+        "fp16",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -298,11 +358,13 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigkilled_run_resumes_to_the_same_final_parameters(backend: str, tmp_path: Path) -> None:
-    full = subprocess.Popen(_train_cmd(backend, tmp_path / "full"), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)   # the uninterrupted twin, alongside
+    full = subprocess.Popen(
+        _train_cmd(backend, tmp_path / "full"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )  # the uninterrupted twin, alongside
     crash_dir = tmp_path / "crash"
-    proc = subprocess.Popen(_train_cmd(backend, crash_dir, "--throttle", "0.1"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _train_cmd(backend, crash_dir, "--throttle", "0.1"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while not any(int(p.stem.split("_")[1]) >= 10 for p in crash_dir.glob("ckpt_*.mpck")):
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited early"
@@ -311,9 +373,10 @@ def test_sigkilled_run_resumes_to_the_same_final_parameters(backend: str, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert not (crash_dir / "final.mpck").exists()                  # it really died mid-run
-    resumed = subprocess.run(_train_cmd(backend, crash_dir, "--resume"), env=_env(), capture_output=True,
-                             text=True, timeout=300)
+    assert not (crash_dir / "final.mpck").exists()  # it really died mid-run
+    resumed = subprocess.run(
+        _train_cmd(backend, crash_dir, "--resume"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     info = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert 10 <= info["resumed_from"] < 40 and info["step"] == 40
@@ -323,7 +386,7 @@ def test_sigkilled_run_resumes_to_the_same_final_parameters(backend: str, tmp_pa
     assert a.meta["step"] == b.meta["step"] == 40
     assert _same_bits(array_leaves(a.state["framework"]), array_leaves(b.state["framework"]))
     assert prod.state_differences(a.state["framework"], b.state["framework"]) == []
-    assert prod.state_differences(a.state, b.state) == []          # RNG state included
+    assert prod.state_differences(a.state, b.state) == []  # RNG state included
 
 
 # --- monitor -------------------------------------------------------------------------------------
@@ -335,7 +398,8 @@ def test_monitor_tracks_and_exports(backend: str, storm: mpc.data.Dataset, tmp_p
     assert [r["step"] for r in mon.rows] == list(range(6))
     assert mon.rows[-1]["overflow_rate"] == 1.0 and mon.rows[-1]["nan_count"] == 6
     assert mon.rows[-1]["samples_per_second"] == pytest.approx(
-        sum(r.samples for r in hist.records[-4:]) / sum(r.seconds for r in hist.records[-4:]))
+        sum(r.samples for r in hist.records[-4:]) / sum(r.seconds for r in hist.records[-4:])
+    )
     assert mon.rows[-1]["rss_mb"] > 0 and mon.rows[-1]["scale"] == hist.records[-1].scale
     s = mon.summary()
     assert s["steps"] == 6 and s["overflow_rate"] == 1.0 and s["final_scale"] == hist.records[-1].scale
@@ -348,7 +412,7 @@ def test_monitor_tracks_and_exports(backend: str, storm: mpc.data.Dataset, tmp_p
 
 
 def test_monitor_tensorboard_is_optional(tmp_path: Path) -> None:
-    from mpcourse.engines.tensorboard import tensorboard_available
+    from mpcourse.engines.torch.tensorboard import tensorboard_available
 
     mon = Monitor.from_history(mpc.History(records=[_rec(0, False), _rec(1, True)]))
     out = mon.to_tensorboard(tmp_path / "tb")
@@ -363,9 +427,11 @@ def test_monitor_tensorboard_is_optional(tmp_path: Path) -> None:
 # --- validate ------------------------------------------------------------------------------------
 def test_judge_pass_fail_rules() -> None:
     ok = prod.judge(fp32_accuracy=0.95, mixed_accuracy=0.945, overflow_rate=0.01, speedup=0.5)
-    assert [c.passed for c in ok] == [True, True]                   # speed judged only on request
-    assert [c.passed for c in prod.judge(fp32_accuracy=0.95, mixed_accuracy=0.935, overflow_rate=0.0,
-                                         speedup=1.0)] == [False, True]
+    assert [c.passed for c in ok] == [True, True]  # speed judged only on request
+    assert [c.passed for c in prod.judge(fp32_accuracy=0.95, mixed_accuracy=0.935, overflow_rate=0.0, speedup=1.0)] == [
+        False,
+        True,
+    ]
     assert prod.judge(fp32_accuracy=0.90, mixed_accuracy=0.99, overflow_rate=0.0, speedup=1.0)[0].passed
     assert not prod.judge(fp32_accuracy=0.9, mixed_accuracy=0.9, overflow_rate=0.05, speedup=1.0)[1].passed
     assert prod.judge(fp32_accuracy=0.9, mixed_accuracy=0.9, overflow_rate=0.0499, speedup=1.0)[1].passed
@@ -392,33 +458,48 @@ def test_validate_reports_measured_runs(backend: str, digits: mpc.data.Dataset, 
 def test_production_figures_carry_the_data(storm: mpc.data.Dataset) -> None:
     from mpcourse import plots
 
-    tr = prod.Trainer("torch", "mlp", mpc.TrainConfig(precision="fp16"), storm, device="cpu",
-                      fallback=prod.FallbackPolicy(window=4, max_overflow_rate=0.5),
-                      schedule=prod.PrecisionSchedule.fp32_warmup(3), monitor=Monitor(window=4))
+    tr = prod.Trainer(
+        "torch",
+        "mlp",
+        mpc.TrainConfig(precision="fp16"),
+        storm,
+        device="cpu",
+        fallback=prod.FallbackPolicy(window=4, max_overflow_rate=0.5),
+        schedule=prod.PrecisionSchedule.fp32_warmup(3),
+        monitor=Monitor(window=4),
+    )
     hist = tr.fit(steps=10)
     fig = plots.precision_timeline(hist, window=4)
-    assert [d.name for d in fig.data] == ["loss in fp32", "loss in fp16", "loss in bf16",
-                                          "overflow rate (4-step window)"]
+    assert [d.name for d in fig.data] == [
+        "loss in fp32",
+        "loss in fp16",
+        "loss in bf16",
+        "overflow rate (4-step window)",
+    ]
     assert list(fig.data[1].x) == [3, 4, 5, 6] and list(fig.data[2].x) == [7, 8, 9]
     assert fig.layout.title.text and fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
     dash = plots.monitor_dashboard(tr.monitor.rows)
     assert list(dash.data[1].y) == tr.monitor.column("overflow_rate")
-    est = {"fp32": prod.estimate_memory(tr.engine, storm.x_train[:64], "fp32"),
-           "fp16": prod.estimate_memory(tr.engine, storm.x_train[:64], "fp16")}
+    est = {
+        "fp32": prod.estimate_memory(tr.engine, storm.x_train[:64], "fp32"),
+        "fp16": prod.estimate_memory(tr.engine, storm.x_train[:64], "fp16"),
+    }
     bars = plots.memory_bars(est)
     assert sum(d.y[1] for d in bars.data) == pytest.approx(est["fp16"].total / 2**20)
 
 
 def test_production_imports_without_frameworks() -> None:
-    code = ("import sys, importlib.abc\n"
-            "class Block(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path, target=None):\n"
-            "        if name.split('.')[0] in ('torch', 'mlx'):\n"
-            "            raise ModuleNotFoundError(name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from mpcourse import production, checkpoint, monitor\n"
-            "assert 'torch' not in sys.modules and 'mlx' not in sys.modules\n"
-            "print(production.FallbackPolicy().next_precision('fp16'))\n")
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'mlx'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from mpcourse import production\nfrom mpcourse.production import checkpoint, monitor\n"
+        "assert 'torch' not in sys.modules and 'mlx' not in sys.modules\n"
+        "print(production.FallbackPolicy().next_precision('fp16'))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "bf16", r.stderr
 

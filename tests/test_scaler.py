@@ -78,17 +78,20 @@ def test_static_scaler_never_changes_but_counts() -> None:
     assert s.scale == 128.0 and s.total_skipped == 3 and s.consecutive_skipped == 2
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"growth_factor": 1.0}, "growth_factor must be > 1"),
-    ({"growth_factor": 0.5}, "growth_factor must be > 1"),
-    ({"backoff_factor": 1.0}, r"backoff_factor must be in \(0, 1\)"),
-    ({"backoff_factor": 0.0}, "backoff_factor must be a finite number > 0"),
-    ({"growth_interval": 0}, "growth_interval must be an int >= 1"),
-    ({"hysteresis": 0}, "hysteresis must be an int >= 1"),
-    ({"init_scale": -1.0}, "init_scale must be a finite number > 0"),
-    ({"init_scale": float("inf")}, "init_scale must be a finite number > 0"),
-    ({"min_scale": 8.0, "max_scale": 4.0}, "min_scale"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"growth_factor": 1.0}, "growth_factor must be > 1"),
+        ({"growth_factor": 0.5}, "growth_factor must be > 1"),
+        ({"backoff_factor": 1.0}, r"backoff_factor must be in \(0, 1\)"),
+        ({"backoff_factor": 0.0}, "backoff_factor must be a finite number > 0"),
+        ({"growth_interval": 0}, "growth_interval must be an int >= 1"),
+        ({"hysteresis": 0}, "hysteresis must be an int >= 1"),
+        ({"init_scale": -1.0}, "init_scale must be a finite number > 0"),
+        ({"init_scale": float("inf")}, "init_scale must be a finite number > 0"),
+        ({"min_scale": 8.0, "max_scale": 4.0}, "min_scale"),
+    ],
+)
 def test_bad_settings_are_refused_with_the_value(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DynamicLossScaler(**kwargs)
@@ -108,8 +111,15 @@ def test_bad_types_and_verdicts() -> None:
 def test_state_dict_round_trip_continues_exactly() -> None:
     rng = np.random.default_rng(1)
     verdicts = list(rng.random(300) < 0.1)
-    kwargs = dict(init_scale=2.0**12, growth_factor=1.5, backoff_factor=0.7, growth_interval=4,
-                  hysteresis=2, min_scale=1.0, max_scale=2.0**20)
+    kwargs = dict(
+        init_scale=2.0**12,
+        growth_factor=1.5,
+        backoff_factor=0.7,
+        growth_interval=4,
+        hysteresis=2,
+        min_scale=1.0,
+        max_scale=2.0**20,
+    )
     a = DynamicLossScaler(**kwargs)
     walk(a, [bool(v) for v in verdicts[:150]])
     state = a.state_dict()
@@ -132,17 +142,21 @@ def test_state_dict_refuses_other_kinds_and_missing_keys() -> None:
 
 # --- PyTorch's GradScaler as the oracle -----------------------------------------------------
 
+
 @pytest.mark.parametrize("growth_factor, backoff_factor, interval", [(2.0, 0.5, 5), (1.5, 0.7, 3), (3.0, 0.25, 1)])
-def test_trajectory_equals_torch_grad_scaler_on_real_gradients(growth_factor: float, backoff_factor: float,
-                                                               interval: int) -> None:
+def test_trajectory_equals_torch_grad_scaler_on_real_gradients(
+    growth_factor: float, backoff_factor: float, interval: int
+) -> None:
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     w = torch.nn.Parameter(torch.ones(16))
     opt = torch.optim.SGD([w], lr=1e-6)
-    gs = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_factor=growth_factor,
-                              backoff_factor=backoff_factor, growth_interval=interval)
-    mine = DynamicLossScaler(init_scale=2.0**10, growth_factor=growth_factor, backoff_factor=backoff_factor,
-                             growth_interval=interval)
+    gs = torch.amp.GradScaler(
+        "cpu", init_scale=2.0**10, growth_factor=growth_factor, backoff_factor=backoff_factor, growth_interval=interval
+    )
+    mine = DynamicLossScaler(
+        init_scale=2.0**10, growth_factor=growth_factor, backoff_factor=backoff_factor, growth_interval=interval
+    )
     n_inf = 0
     for _ in range(400):
         x = torch.from_numpy(rng.standard_normal(16).astype(np.float32))
@@ -165,13 +179,33 @@ settings_fast = settings(max_examples=150, deadline=None)
 
 
 @settings_fast
-@given(verdicts=st.lists(st.booleans(), max_size=200), interval=st.integers(1, 8), hysteresis=st.integers(1, 4),
-       growth=st.sampled_from([1.5, 2.0, 4.0]), backoff=st.sampled_from([0.25, 0.5, 0.9]),
-       lo=st.sampled_from([None, 1.0, 2.0**-8]), hi=st.sampled_from([None, 2.0**16, 2.0**24]))
-def test_invariants(verdicts: list[bool], interval: int, hysteresis: int, growth: float, backoff: float,
-                    lo: float | None, hi: float | None) -> None:
-    s = DynamicLossScaler(init_scale=2.0**10, growth_factor=growth, backoff_factor=backoff,
-                          growth_interval=interval, hysteresis=hysteresis, min_scale=lo, max_scale=hi)
+@given(
+    verdicts=st.lists(st.booleans(), max_size=200),
+    interval=st.integers(1, 8),
+    hysteresis=st.integers(1, 4),
+    growth=st.sampled_from([1.5, 2.0, 4.0]),
+    backoff=st.sampled_from([0.25, 0.5, 0.9]),
+    lo=st.sampled_from([None, 1.0, 2.0**-8]),
+    hi=st.sampled_from([None, 2.0**16, 2.0**24]),
+)
+def test_invariants(
+    verdicts: list[bool],
+    interval: int,
+    hysteresis: int,
+    growth: float,
+    backoff: float,
+    lo: float | None,
+    hi: float | None,
+) -> None:
+    s = DynamicLossScaler(
+        init_scale=2.0**10,
+        growth_factor=growth,
+        backoff_factor=backoff,
+        growth_interval=interval,
+        hysteresis=hysteresis,
+        min_scale=lo,
+        max_scale=hi,
+    )
     run = 0
     for i, v in enumerate(verdicts):
         before = s.scale

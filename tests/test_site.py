@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mpcourse import course, site
+from mpcourse.authoring import notebooks as course
+from mpcourse.authoring import site
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "data" / "mini_course"
@@ -22,7 +23,9 @@ FIXTURE = Path(__file__).resolve().parent / "data" / "mini_course"
 _FETCHED = re.compile(
     r"""<(?:script|img|iframe|link|source|embed)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//"""
     r"""|url\(\s*["']?(?:https?:)?//"""
-    r"""|\bimport\s*\(?\s*["'](?:https?:)?//""", re.I)
+    r"""|\bimport\s*\(?\s*["'](?:https?:)?//""",
+    re.I,
+)
 
 
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -48,8 +51,9 @@ def _course_roots() -> list[Path]:
 
 
 @pytest.mark.parametrize("root", _course_roots(), ids=lambda p: p.name)
-def test_build_offline_every_notebook_page_has_plotly_figures(root: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch):
+def test_build_offline_every_notebook_page_has_plotly_figures(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     attempts = _no_network(monkeypatch)
     report = site.build(tmp_path / "site", root=root)
     assert attempts == []
@@ -58,8 +62,9 @@ def test_build_offline_every_notebook_page_has_plotly_figures(root: Path, tmp_pa
     assert notebooks
     for path in notebooks:
         page = (out / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
-        stored = sum(site.PLOTLY_MIME in o.get("data", {})
-                     for c in course.read(path).cells for o in c.get("outputs", []))
+        stored = sum(
+            site.PLOTLY_MIME in o.get("data", {}) for c in course.read(path).cells for o in c.get("outputs", [])
+        )
         assert stored >= 1, f"{path.name} stores no plotly figure output"
         assert page.count('class="plotly-graph-div"') == stored, path.name
         assert f"students/{path.name}" in page
@@ -80,13 +85,23 @@ def test_build_in_a_network_namespace_without_any_interface(tmp_path: Path):
         pytest.skip("unshare -rn (a private network namespace) is not permitted here")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [unshare, "-rn", sys.executable, "-c",
-         "import sys, socket\n"
-         "try:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
-         "except OSError:\n    pass\nelse:\n    sys.exit('network reachable: not a real test')\n"
-         "from mpcourse import site\nprint(site.build(sys.argv[1], root=sys.argv[2]))",
-         str(tmp_path / "site"), str(FIXTURE)],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            unshare,
+            "-rn",
+            sys.executable,
+            "-c",
+            "import sys, socket\n"
+            "try:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
+            "except OSError:\n    pass\nelse:\n    sys.exit('network reachable: not a real test')\n"
+            "from mpcourse.authoring import site\nprint(site.build(sys.argv[1], root=sys.argv[2]))",
+            str(tmp_path / "site"),
+            str(FIXTURE),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plotly figures" in result.stdout
     assert (tmp_path / "site" / "notebooks" / "01_demo.html").is_file()
@@ -95,7 +110,8 @@ def test_build_in_a_network_namespace_without_any_interface(tmp_path: Path):
 def test_offline_notebook_replaces_plotly_and_widget_outputs():
     nb = course.read(FIXTURE / "notebooks" / "01_demo.ipynb")
     assert "widgets" in nb.metadata or any(
-        site.WIDGET_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        site.WIDGET_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])
+    )
     offline, figures, widgets = site.offline_notebook(nb)
     assert (figures, widgets) == (2, 1)
     assert "widgets" not in offline.metadata
@@ -107,29 +123,31 @@ def test_offline_notebook_replaces_plotly_and_widget_outputs():
     divs = [h for h in htmls if "plotly-graph-div" in h]
     assert len(divs) == 2 and all("Plotly.newPlot" in h for h in divs)
     # the figure's data survives the conversion: the bar chart of 2**k
-    assert "Powers of two" in divs[1] and json.dumps([1, 2, 4, 8, 16]).replace(" ", "") in \
-        divs[1].replace(" ", "")
-    assert nb.cells[3].outputs != offline.cells[3].outputs     # the input was not modified
+    assert "Powers of two" in divs[1] and json.dumps([1, 2, 4, 8, 16]).replace(" ", "") in divs[1].replace(" ", "")
+    assert nb.cells[3].outputs != offline.cells[3].outputs  # the input was not modified
 
 
 def test_local_links_point_at_built_pages():
     fix = site._local_links
     page = '<a href="../notebooks/02_loss_scaling.ipynb#top">x</a><a href="syllabus.md">s</a>'
     assert fix(page, from_notebooks=False) == (
-        '<a href="notebooks/02_loss_scaling.html#top">x</a><a href="syllabus.html">s</a>')
-    assert fix('<a href="03_performance.ipynb">n</a>', from_notebooks=True) == \
-        '<a href="03_performance.html">n</a>'
-    assert fix('<a href="https://example.org/a.ipynb">e</a>', from_notebooks=True) == \
-        '<a href="https://example.org/a.ipynb">e</a>'
+        '<a href="notebooks/02_loss_scaling.html#top">x</a><a href="syllabus.html">s</a>'
+    )
+    assert fix('<a href="03_performance.ipynb">n</a>', from_notebooks=True) == '<a href="03_performance.html">n</a>'
+    assert (
+        fix('<a href="https://example.org/a.ipynb">e</a>', from_notebooks=True)
+        == '<a href="https://example.org/a.ipynb">e</a>'
+    )
 
 
-def test_site_main_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch):
+def test_site_main_builds_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setattr(course, "course_root", lambda start=None: FIXTURE)
     assert site.site_main(["build", str(tmp_path / "s")]) == 0
     assert "pages" in capsys.readouterr().out
     assert (tmp_path / "s" / "index.html").is_file()
-    assert site.site_main([str(tmp_path / "t")]) == 0          # `mpcourse site OUT`
+    assert site.site_main([str(tmp_path / "t")]) == 0  # `mpcourse site OUT`
     assert (tmp_path / "t" / "notebooks" / "01_demo.html").is_file()
     with pytest.raises(SystemExit):
         site.site_main(["build", "a", "b"])

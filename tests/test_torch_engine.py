@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 
 import mpcourse as mpc  # noqa: E402
 from mpcourse import DynamicLossScaler  # noqa: E402
-from mpcourse.engines.torch_engine import DeviceUnavailableError, torch_devices  # noqa: E402
+from mpcourse.engines.torch.engine import DeviceUnavailableError, torch_devices  # noqa: E402
 
 
-def engine(precision: str = "fp32", ds=None, **cfg) -> "mpc.engines.Engine":
+def engine(precision: str = "fp32", ds=None, **cfg) -> mpc.engines.Engine:
     return mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision=precision, **cfg), device="cpu", data=ds)
 
 
@@ -52,14 +52,16 @@ def inf_on_call(k: int):
     return loss_fn
 
 
-@pytest.mark.parametrize("cfg", [
-    {"precision": "fp16", "loss_scale": "dynamic"},                       # torch.amp.GradScaler
-    {"precision": "fp16", "loss_scale": "dynamic", "hysteresis": 1, "min_scale": 1.0},  # mpcourse's scaler
-    {"precision": "bf16", "loss_scale": 512.0},                            # static
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"precision": "fp16", "loss_scale": "dynamic"},  # torch.amp.GradScaler
+        {"precision": "fp16", "loss_scale": "dynamic", "hysteresis": 1, "min_scale": 1.0},  # mpcourse's scaler
+        {"precision": "bf16", "loss_scale": 512.0},  # static
+    ],
+)
 def test_planted_inf_skips_the_step_and_keeps_model_and_optimizer_bit_identical(digits, cfg) -> None:
-    eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(**cfg), device="cpu", data=digits,
-                          loss_fn=inf_on_call(3))
+    eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(**cfg), device="cpu", data=digits, loss_fn=inf_on_call(3))
     eng.fit(digits, steps=3)
     before_p = params(eng)
     before_opt = copy.deepcopy(eng.optimizer.state_dict())
@@ -80,15 +82,22 @@ def test_planted_inf_skips_the_step_and_keeps_model_and_optimizer_bit_identical(
 
 
 def test_no_scaling_applies_even_a_non_finite_step(digits) -> None:
-    eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp32", loss_scale="none"), device="cpu",
-                          data=digits, loss_fn=inf_on_call(0))
+    eng = mpc.make_engine(
+        "torch",
+        "mlp",
+        mpc.TrainConfig(precision="fp32", loss_scale="none"),
+        device="cpu",
+        data=digits,
+        loss_fn=inf_on_call(0),
+    )
     rec = eng.fit(digits, steps=1)[0]
     assert rec.found_inf and not rec.skipped and rec.scale == 1.0
     assert any(not torch.isfinite(p).all() for p in eng.model.parameters())  # what no scaler means
 
 
-@pytest.mark.parametrize("precision, scale", [("fp32", "none"), ("fp16", "dynamic"), ("bf16", "none"),
-                                              ("fp16", 1024.0)])
+@pytest.mark.parametrize(
+    "precision, scale", [("fp32", "none"), ("fp16", "dynamic"), ("bf16", "none"), ("fp16", 1024.0)]
+)
 def test_save_load_continue_is_bit_identical(digits, precision, scale) -> None:
     cfg = dict(precision=precision, loss_scale=scale, growth_interval=7)
     ref = engine(ds=digits, **cfg)
@@ -108,11 +117,11 @@ def test_save_load_continue_is_bit_identical(digits, precision, scale) -> None:
 def test_grad_scaler_path_equals_mpcourse_scaler_path(digits) -> None:
     """Dynamic scaling through GradScaler and through mpcourse's scaler: same scales, same weights."""
     common = dict(precision="fp16", loss_scale="dynamic", init_scale=2.0**20, growth_interval=4)
-    gs = mpc.make_engine("torch", "mlp", mpc.TrainConfig(**common), device="cpu", data=digits,
-                         loss_fn=inf_on_call(5))
-    own = mpc.make_engine("torch", "mlp", mpc.TrainConfig(**common, min_scale=2.0**-30), device="cpu", data=digits,
-                          loss_fn=inf_on_call(5))
-    assert gs.grad_scaler is not None and own.scaler is not None
+    gs = mpc.make_engine("torch", "mlp", mpc.TrainConfig(**common), device="cpu", data=digits, loss_fn=inf_on_call(5))
+    own = mpc.make_engine(
+        "torch", "mlp", mpc.TrainConfig(**common, min_scale=2.0**-30), device="cpu", data=digits, loss_fn=inf_on_call(5)
+    )
+    assert gs.scaling.kind == "grad_scaler" and own.scaling.kind == "dynamic"
     h1, h2 = gs.fit(digits, steps=30), own.fit(digits, steps=30)
     assert h1.scales.tolist() == h2.scales.tolist()
     assert h1.column("found_inf").tolist() == h2.column("found_inf").tolist()
@@ -153,7 +162,7 @@ def test_zoo_models_train_a_step_in_fp16(digits, name) -> None:
 
 
 def test_large_sizes_are_larger() -> None:
-    from mpcourse.engines.torch_models import build_model
+    from mpcourse.engines.torch.models import build_model
 
     for name in ("mlp", "deep_mlp", "cnn", "transformer", "lstm"):
         small = sum(p.numel() for p in build_model(name, "small", 784).parameters())
@@ -176,14 +185,17 @@ def test_pure_half_adam_breaks_because_eps_rounds_to_zero(digits) -> None:
     assert any(not torch.isfinite(p).all() for p in eng.model.parameters())
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"backend": "jax"}, "unknown backend 'jax'; allowed: 'torch', 'mlx'"),
-    ({"model": "resnet50"}, "unknown model 'resnet50'; allowed: 'mlp'"),
-    ({"size": "huge"}, "unknown size 'huge'"),
-    ({"device": "tpu"}, "unknown device 'tpu'; use 'auto', 'cpu'"),
-    ({"device": "xla"}, "unsupported device 'xla'"),
-    ({"num_features": 0}, "num_features must be an int >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"backend": "jax"}, "unknown backend 'jax'; allowed: 'torch', 'mlx'"),
+        ({"model": "resnet50"}, "unknown model 'resnet50'; allowed: 'mlp'"),
+        ({"size": "huge"}, "unknown size 'huge'"),
+        ({"device": "tpu"}, "unknown device 'tpu'; use 'auto', 'cpu'"),
+        ({"device": "xla"}, "unsupported device 'xla'"),
+        ({"num_features": 0}, "num_features must be an int >= 1"),
+    ],
+)
 def test_bad_engine_arguments(kwargs, match) -> None:
     args = {"backend": "torch", "model": "mlp", "device": "cpu", **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -210,10 +222,16 @@ def test_auto_device_says_what_it_chose(capsys) -> None:
     assert f"torch engine on {eng.device} (device='auto')" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("nan", "NaN/inf values"), ("inf", "NaN/inf values"), ("length", "x has 100 samples but y has 99"),
-    ("features", "data has 63 features but the model was built for 64"), ("label", "label 12 but the model has 10"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("nan", "NaN/inf values"),
+        ("inf", "NaN/inf values"),
+        ("length", "x has 100 samples but y has 99"),
+        ("features", "data has 63 features but the model was built for 64"),
+        ("label", "label 12 but the model has 10"),
+    ],
+)
 def test_bad_data_is_refused_before_any_step(digits, bad, match) -> None:
     eng = engine("fp16", digits)
     before = params(eng)

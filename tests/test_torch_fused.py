@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import mpcourse as mpc  # noqa: E402
-from mpcourse.engines.torch_engine import use_fused  # noqa: E402
+from mpcourse.engines.torch.engine import use_fused  # noqa: E402
 
 
 def _data(n: int = 192, features: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -30,19 +30,21 @@ class _InfAt:
 
 def _run(fused: bool, **cfg: object) -> tuple[mpc.History, dict[str, torch.Tensor]]:
     config = mpc.TrainConfig(batch_size=32, fused=fused, **cfg)  # type: ignore[arg-type]
-    eng = mpc.make_engine("torch", "mlp", config, device="cpu", loss_fn=_InfAt({2, 5, 6}),
-                          verbose=False)
+    eng = mpc.make_engine("torch", "mlp", config, device="cpu", loss_fn=_InfAt({2, 5, 6}), verbose=False)
     assert eng.fused is fused
     hist = eng.fit(_data(), steps=12, progress=False)
     return hist, {k: v.clone() for k, v in eng.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("cfg", [
-    {"precision": "fp16", "loss_scale": "dynamic", "growth_interval": 3, "optimizer": "adam"},
-    {"precision": "fp16", "loss_scale": "dynamic", "growth_interval": 2, "optimizer": "adamw"},
-    {"precision": "bf16", "loss_scale": "dynamic", "growth_interval": 4, "optimizer": "sgd"},
-    {"precision": "fp16", "loss_scale": 1024.0, "optimizer": "adam"},  # mpcourse's own scaler
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"precision": "fp16", "loss_scale": "dynamic", "growth_interval": 3, "optimizer": "adam"},
+        {"precision": "fp16", "loss_scale": "dynamic", "growth_interval": 2, "optimizer": "adamw"},
+        {"precision": "bf16", "loss_scale": "dynamic", "growth_interval": 4, "optimizer": "sgd"},
+        {"precision": "fp16", "loss_scale": 1024.0, "optimizer": "adam"},  # mpcourse's own scaler
+    ],
+)
 def test_fused_matches_standard_path(cfg: dict[str, object]) -> None:
     (h_std, w_std), (h_fused, w_fused) = _run(False, **cfg), _run(True, **cfg)
     # The same skip decisions and the same scale trajectory, step for step.

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import mpcourse as mpc
-from mpcourse import numerics, runs
+from mpcourse import numerics
 from mpcourse.data import underflow_batch_threshold
+from mpcourse.studies import runs
 
 torch = pytest.importorskip("torch")
 
@@ -31,9 +32,14 @@ def test_underflow_design_every_logit_gradient_flushes_in_fp16():
     assert mpc.formats.round_to(largest * 2.0**16, "fp16") > 0.0  # a scale of 2^16 rescues it
 
 
-@pytest.mark.parametrize("kwargs, match", [({"loss_weight": 0.0}, "loss_weight"),
-                                           ({"loss_weight": float("inf")}, "loss_weight"),
-                                           ({"n_train": 5}, "n_train")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"loss_weight": 0.0}, "loss_weight"),
+        ({"loss_weight": float("inf")}, "loss_weight"),
+        ({"n_train": 5}, "n_train"),
+    ],
+)
 def test_underflow_dataset_rejects_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         mpc.data.load("underflow", **kwargs)
@@ -42,9 +48,16 @@ def test_underflow_dataset_rejects_bad_options(kwargs, match):
 def test_unscaled_fp16_stalls_and_scaling_rescues_on_torch():
     task = mpc.data.load("underflow")
     cfg = mpc.TrainConfig(lr=3e-3)
-    res = runs.compare(task, {"fp32": cfg, "none": cfg.replace(precision="fp16", loss_scale="none"),
-                              "static": cfg.replace(precision="fp16", loss_scale=2.0**16)},
-                       device="cpu", steps=22)
+    res = runs.compare(
+        task,
+        {
+            "fp32": cfg,
+            "none": cfg.replace(precision="fp16", loss_scale="none"),
+            "static": cfg.replace(precision="fp16", loss_scale=2.0**16),
+        },
+        device="cpu",
+        steps=22,
+    )
     assert np.all(res["none"].history.grad_norms == 0)
     assert np.all(res["fp32"].history.grad_norms > 0)
     assert res["none"].test_loss > res["fp32"].test_loss + 0.1
@@ -76,18 +89,26 @@ def test_cross_entropy_mlx_matches_torch():
     assert a == pytest.approx(b, rel=1e-5)
 
 
-def test_backend_ready():
-    assert runs.backend_ready("torch")
+def test_missing_reason_is_the_one_availability_check():
+    from mpcourse.engines import missing_reason
+
+    assert missing_reason("torch") is None
     with pytest.raises(ValueError, match="unknown backend"):
-        runs.backend_ready("tf")
+        missing_reason("tf")
 
 
 def test_batch_gradients_leave_the_engine_untouched_and_match_a_step():
-    from mpcourse.engines.torch_inspect import batch_gradients, op_dtypes, parameters
+    from mpcourse.engines.torch.inspect import batch_gradients, op_dtypes, parameters
 
     ds = mpc.data.load("digits")
-    eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp16", optimizer="sgd", momentum=0.0, lr=0.1,
-                                                          loss_scale="none"), device="cpu", data=ds, verbose=False)
+    eng = mpc.make_engine(
+        "torch",
+        "mlp",
+        mpc.TrainConfig(precision="fp16", optimizer="sgd", momentum=0.0, lr=0.1, loss_scale="none"),
+        device="cpu",
+        data=ds,
+        verbose=False,
+    )
     before = parameters(eng)
     g = batch_gradients(eng, ds.x_train[:64], ds.y_train[:64])
     assert all(np.array_equal(before[k], v) for k, v in parameters(eng).items())

@@ -1,12 +1,126 @@
-"""Training engines: one API, one room per framework (torch, mlx).
+"""Training engines: the factory, the backends found here, one room per framework.
 
 Usage::
 
-    from mpcourse.engines import make_engine, available_backends
+    import mpcourse as mpc                     # or: from mpcourse.engines import make_engine
+
+    eng = mpc.make_engine("torch", model="mlp", config=mpc.TrainConfig(precision="fp16"))
+    mpc.available_backends()                   # e.g. ['torch:cpu', 'mlx:cpu']
+    installed("mlx")                           # can it be imported? (without importing it)
+
+``engines/torch/`` and ``engines/mlx/`` hold the framework code, with the same file names
+(``engine``, ``models``, ``clip``, ``probes``, ``bench``, ...), so a missing twin shows. They never
+import each other. A framework is imported only when an engine for it is built.
 """
 
-from mpcourse.engines.base import (BACKENDS, SIZES, ZOO, BackendUnavailableError, Engine, History,
-                                   StepRecord, available_backends, make_engine)
+from __future__ import annotations
 
-__all__ = ["BACKENDS", "SIZES", "ZOO", "BackendUnavailableError", "Engine", "History", "StepRecord",
-           "available_backends", "make_engine"]
+import sys
+from typing import Any
+
+from mpcourse._validate import check_choice
+from mpcourse.config import TrainConfig
+from mpcourse.data import Dataset
+from mpcourse.engines.base import (
+    BACKENDS,
+    INSTALL_HINT,
+    BackendUnavailableError,
+    DeviceUnavailableError,
+    Engine,
+    installed,
+    missing_reason,
+    require_backend,
+)
+from mpcourse.engines.zoo import SIZES, ZOO
+from mpcourse.history import History, StepRecord
+
+__all__ = [
+    "BACKENDS",
+    "INSTALL_HINT",
+    "SIZES",
+    "ZOO",
+    "BackendUnavailableError",
+    "DeviceUnavailableError",
+    "Engine",
+    "History",
+    "StepRecord",
+    "available_backends",
+    "installed",
+    "make_engine",
+    "missing_reason",
+    "require_backend",
+]
+
+
+def make_engine(
+    backend: str = "torch",
+    model: Any = "mlp",
+    config: TrainConfig | None = None,
+    device: str = "auto",
+    loss_fn: Any = None,
+    *,
+    data: Dataset | None = None,
+    num_features: int | None = None,
+    num_classes: int | None = None,
+    size: str = "small",
+    verbose: bool = True,
+) -> Engine:
+    """Build a training engine.
+
+    Args:
+        backend: ``"torch"`` or ``"mlx"``. Default ``"torch"``.
+        model: a zoo name (``mlp``, ``deep_mlp``, ``cnn``, ``transformer``, ``lstm``) or your own
+            framework model (``torch.nn.Module`` / ``mlx.nn.Module``). Default ``"mlp"``.
+        config: a :class:`TrainConfig`. Default ``TrainConfig()`` (fp32).
+        device: ``"auto"`` (torch: cuda, then mps, then cpu; mlx: its default device), or an
+            explicit device; an explicit device that is absent is an error.
+        loss_fn: ``loss_fn(outputs, labels) -> scalar``; default cross-entropy, computed in fp32.
+        data: a Dataset whose feature and class counts size the zoo model.
+        num_features, num_classes: size the zoo model without a dataset (default 64 and 10:
+            the digits task).
+        size: ``"small"`` or ``"large"`` for zoo models. Default ``"small"``.
+        verbose: print which device ``"auto"`` chose. Default True.
+    """
+    check_choice("backend", backend, BACKENDS)
+    if config is None:
+        config = TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be an mpcourse.TrainConfig, got {type(config).__name__}")
+    if isinstance(model, str):
+        check_choice("model", model, ZOO)
+    check_choice("size", size, SIZES)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda', got {device!r}")
+    feats = num_features if num_features is not None else (data.num_features if data is not None else 64)
+    classes = num_classes if num_classes is not None else (data.num_classes if data is not None else 10)
+    for name, v in (("num_features", feats), ("num_classes", classes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    require_backend(backend)
+    if backend == "torch":
+        from mpcourse.engines.torch.engine import TorchEngine as cls
+    else:
+        from mpcourse.engines.mlx.engine import MLXEngine as cls  # type: ignore[no-redef]
+    eng = cls(
+        model=model, config=config, device=device, loss_fn=loss_fn, num_features=feats, num_classes=classes, size=size
+    )
+    if verbose and device == "auto":
+        print(f"mpcourse: {backend} engine on {eng.device} (device='auto')", file=sys.stderr)
+    return eng
+
+
+def available_backends() -> list[str]:
+    """The backend:device pairs that can run here, best first, e.g. ``['torch:cuda', 'mlx:cpu']``."""
+    found: list[str] = []
+    if installed("torch"):
+        from mpcourse.engines.torch.engine import torch_devices
+
+        found += [f"torch:{d}" for d in torch_devices()]
+    if installed("mlx"):
+        try:
+            from mpcourse.engines.mlx.engine import mlx_devices
+        except ImportError:  # the MLX engine is optional; the package can still be imported
+            pass
+        else:
+            found += [f"mlx:{d}" for d in mlx_devices()]
+    return found

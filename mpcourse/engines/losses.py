@@ -16,8 +16,8 @@ widgets, the notebooks' helpers) can ask for a loss by backend name.
 
 from __future__ import annotations
 
-
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mpcourse._validate import positive_finite
 

@@ -22,9 +22,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameworkArray", "to_numpy_tree", "from_numpy_tree", "export_state", "import_state",
-           "rng_state", "set_rng_state", "seed_rngs", "parameter_count", "activation_count",
-           "device_memory_bytes", "array_leaves"]
+__all__ = [
+    "FrameworkArray",
+    "to_numpy_tree",
+    "from_numpy_tree",
+    "export_state",
+    "import_state",
+    "rng_state",
+    "set_rng_state",
+    "seed_rngs",
+    "parameter_count",
+    "activation_count",
+    "device_memory_bytes",
+    "array_leaves",
+]
 
 FRAMEWORKS: tuple[str, ...] = ("torch", "mlx")
 
@@ -59,7 +70,7 @@ def _leaf_to_numpy(obj: Any) -> Any:
             return FrameworkArray("torch", t.view(torch.int16).numpy().copy().view(_bf16()))
         return FrameworkArray("torch", t.numpy().copy())
     if mod.startswith("mlx") and type(obj).__name__ == "array":
-        from mpcourse.engines.mlx_engine import array_to_numpy
+        from mpcourse.engines.mlx.engine import array_to_numpy
 
         return FrameworkArray("mlx", array_to_numpy(obj))
     return obj
@@ -129,8 +140,15 @@ def rng_state(backend: str) -> dict[str, Any]:
     models with dropout or user code that draws from the global generators.
     """
     legacy = np.random.get_state()
-    out: dict[str, Any] = {"numpy": {"name": legacy[0], "keys": legacy[1].copy(), "pos": int(legacy[2]),
-                                     "has_gauss": int(legacy[3]), "cached_gaussian": float(legacy[4])}}
+    out: dict[str, Any] = {
+        "numpy": {
+            "name": legacy[0],
+            "keys": legacy[1].copy(),
+            "pos": int(legacy[2]),
+            "has_gauss": int(legacy[3]),
+            "cached_gaussian": float(legacy[4]),
+        }
+    }
     if backend == "torch":
         import torch
 
@@ -158,8 +176,15 @@ def seed_rngs(backend: str, seed: int) -> None:
 def set_rng_state(backend: str, state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
     n = state["numpy"]
-    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), int(n["pos"]),
-                         int(n["has_gauss"]), float(n["cached_gaussian"])))
+    np.random.set_state(
+        (
+            n["name"],
+            np.asarray(n["keys"], dtype=np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+    )
     if backend == "torch" and "torch" in state:
         import torch
 
@@ -220,7 +245,7 @@ def _torch_activations(engine: Any, x: np.ndarray) -> int:
     total = [0]
 
     def count(_mod: Any, _inp: Any, out: Any) -> None:
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 total[0] += t.numel()
 
@@ -246,7 +271,7 @@ def _mlx_activations(engine: Any, x: np.ndarray) -> int:
 
         def call(self: Any, *args: Any, _cls: type = cls, **kw: Any) -> Any:
             out = _cls.__call__(self, *args, **kw)
-            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            for t in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(t, mx.array):
                     total[0] += t.size
             return out
@@ -264,8 +289,11 @@ def _mlx_activations(engine: Any, x: np.ndarray) -> int:
 def _mlx_leaves(model: Any) -> list[tuple[str, Any]]:
     import mlx.nn as nn
 
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Module) and not any(isinstance(c, nn.Module) for c in _children(m))]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Module) and not any(isinstance(c, nn.Module) for c in _children(m))
+    ]
 
 
 def _children(m: Any) -> list[Any]:

@@ -34,15 +34,14 @@ import torch
 import torch.nn.functional as F
 
 import mpcourse as mpc
-from mpcourse.engines.torch_engine import DTYPES, resolve_device, sync
-from mpcourse.engines.torch_models import build_model
+from mpcourse.engines.torch.engine import DTYPES, resolve_device, sync
+from mpcourse.engines.torch.models import build_model
 
 
 class PlainLoop:
     """The loop a PyTorch user writes by hand (the torch.amp recipe), nothing more."""
 
-    def __init__(self, model: torch.nn.Module, precision: str, device: torch.device, lr: float,
-                 fused: bool) -> None:
+    def __init__(self, model: torch.nn.Module, precision: str, device: torch.device, lr: float, fused: bool) -> None:
         self.model, self.device = model.to(device), device
         self.opt = torch.optim.Adam(model.parameters(), lr=lr, **({"fused": True} if fused else {}))
         self.dtype = DTYPES[precision]
@@ -70,8 +69,9 @@ def run(precision: str, args: argparse.Namespace, device: torch.device) -> dict[
     model = build_model("mlp", "small", args.features, 10, seed=0, hidden=tuple(args.hidden))
     fused = {"auto": None, "on": True, "off": False}[args.fused]
     cfg = mpc.TrainConfig(precision=precision, batch_size=args.batch, seed=0, lr=1e-3, fused=fused)
-    eng = mpc.make_engine("torch", copy.deepcopy(model), cfg, device=str(device), num_features=args.features,
-                          verbose=False)
+    eng = mpc.make_engine(
+        "torch", copy.deepcopy(model), cfg, device=str(device), num_features=args.features, verbose=False
+    )
     plain = PlainLoop(copy.deepcopy(model), precision, device, lr=1e-3, fused=eng.fused)
     per_epoch = n // args.batch
     state = {"step": 0}
@@ -81,7 +81,7 @@ def run(precision: str, args: argparse.Namespace, device: torch.device) -> dict[
         for _ in range(k):
             s = state["step"]
             order = np.random.default_rng([0, s // per_epoch]).permutation(n)  # the engine's order
-            idx = order[(s % per_epoch) * args.batch:(s % per_epoch + 1) * args.batch]
+            idx = order[(s % per_epoch) * args.batch : (s % per_epoch + 1) * args.batch]
             plain_losses.append(plain.step(x[idx], y[idx]))
             state["step"] += 1
         sync(device)
@@ -96,8 +96,11 @@ def run(precision: str, args: argparse.Namespace, device: torch.device) -> dict[
     ratios, t_eng, t_plain = [], 0.0, 0.0
     for r in range(args.rounds):
         times = {}
-        for name, block in ((("engine", engine_block), ("plain", plain_block)) if r % 2 == 0
-                            else (("plain", plain_block), ("engine", engine_block))):
+        for name, block in (
+            (("engine", engine_block), ("plain", plain_block))
+            if r % 2 == 0
+            else (("plain", plain_block), ("engine", engine_block))
+        ):
             sync(device)
             t0 = time.perf_counter()
             block(args.steps)
@@ -108,9 +111,16 @@ def run(precision: str, args: argparse.Namespace, device: torch.device) -> dict[
     plain_vals = torch.stack(plain_losses).float().cpu().numpy()
     diff = float(np.max(np.abs(np.asarray(eng_losses) - plain_vals)))
     steps = args.rounds * args.steps
-    return {"engine_ms": 1e3 * t_eng / steps, "plain_ms": 1e3 * t_plain / steps,
-            "median_ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios),
-            "total_ratio": t_eng / t_plain, "max_loss_diff": diff, "fused": float(eng.fused)}
+    return {
+        "engine_ms": 1e3 * t_eng / steps,
+        "plain_ms": 1e3 * t_plain / steps,
+        "median_ratio": statistics.median(ratios),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "total_ratio": t_eng / t_plain,
+        "max_loss_diff": diff,
+        "fused": float(eng.fused),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown precision {prec!r}; allowed: fp32, fp16, bf16")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     hidden = "-".join(map(str, args.hidden))
-    print(f"engine vs plain loop: {args.features}-{hidden}-10 MLP, batch {args.batch}, Adam, device {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} alternating rounds of "
-          f"{args.steps} steps; 1-min load average {load:.2f} on {os.cpu_count()} cores")
+    print(
+        f"engine vs plain loop: {args.features}-{hidden}-10 MLP, batch {args.batch}, Adam, device {device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} alternating rounds of "
+        f"{args.steps} steps; 1-min load average {load:.2f} on {os.cpu_count()} cores"
+    )
     ok = True
     for prec in precisions:
         r = run(prec, args, device)
@@ -146,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "OK" if over <= args.target else "OVER TARGET"
         ok &= over <= args.target
         amp = "fp32" if prec == "fp32" else f"{prec} AMP" + (" + GradScaler" if prec == "fp16" else "")
-        print(f"{amp:>22}: engine {r['engine_ms']:.2f} ms/step, plain {r['plain_ms']:.2f} ms/step, "
-              f"ratio {r['median_ratio']:.3f} (median of rounds; range {r['min_ratio']:.3f}-{r['max_ratio']:.3f}, "
-              f"total {r['total_ratio']:.3f}) -> overhead {over:+.1%} [{verdict}, target <= {args.target:.0%}]; "
-              f"fused={bool(r['fused'])}; max |loss diff| {r['max_loss_diff']:.2e}")
+        print(
+            f"{amp:>22}: engine {r['engine_ms']:.2f} ms/step, plain {r['plain_ms']:.2f} ms/step, "
+            f"ratio {r['median_ratio']:.3f} (median of rounds; range {r['min_ratio']:.3f}-{r['max_ratio']:.3f}, "
+            f"total {r['total_ratio']:.3f}) -> overhead {over:+.1%} [{verdict}, target <= {args.target:.0%}]; "
+            f"fused={bool(r['fused'])}; max |loss diff| {r['max_loss_diff']:.2e}"
+        )
     return 0 if ok else 1
 
 

@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 import mpcourse as mpc
-from mpcourse.engines.base import make_engine
+from mpcourse.engines import make_engine
 
 
 def _engine(kind: str, model: str, size: str, precision: str, batch: int, device: str) -> Any:
     cfg = mpc.TrainConfig(precision=precision, batch_size=batch, loss_scale="auto")
     if kind == "torch":
         return make_engine("torch", model, cfg, device=device, size=size, verbose=False)
-    from mpcourse.engines.mlx_engine import MLXEngine
+    from mpcourse.engines.mlx.engine import MLXEngine
 
     return MLXEngine(model, cfg, device=device, size=size, compile=(kind == "mlx-compiled"))
 
@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5, help="blocks per engine, alternating")
     p.add_argument("--device", default="cpu", help="'cpu' (default), or 'auto' for each engine's best")
     p.add_argument("--no-compiled", action="store_true", help="skip the mx.compile-d MLX engine")
-    p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch.set_num_threads(N); default: torch's own choice (one per core)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads(N); default: torch's own choice (one per core)",
+    )
     a = p.parse_args(argv)
 
     import mlx.core as mx
@@ -67,17 +71,26 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.torch_threads)
 
     kinds = ["torch", "mlx"] + ([] if a.no_compiled else ["mlx-compiled"])
-    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  {platform.platform()}  "
-          f"{platform.processor() or platform.machine()}  cpus={os.cpu_count()}  "
-          f"torch {torch.__version__} (threads={torch.get_num_threads()})  mlx {mx.__version__}  "
-          f"python {sys.version.split()[0]}")
-    print(f"# model={a.model}:{a.size} batch={a.batch} device={a.device}  "
-          f"median over {a.repeats} alternating blocks of {a.steps} steps")
+    print(
+        f"# {datetime.datetime.now().isoformat(timespec='seconds')}  {platform.platform()}  "
+        f"{platform.processor() or platform.machine()}  cpus={os.cpu_count()}  "
+        f"torch {torch.__version__} (threads={torch.get_num_threads()})  mlx {mx.__version__}  "
+        f"python {sys.version.split()[0]}"
+    )
+    print(
+        f"# model={a.model}:{a.size} batch={a.batch} device={a.device}  "
+        f"median over {a.repeats} alternating blocks of {a.steps} steps"
+    )
     rng = np.random.default_rng(0)
     x = rng.random((4096, 64), dtype=np.float32)
     y = rng.integers(0, 10, 4096)
-    header = f"{'precision':9} " + " ".join(f"{k + ' ms':>16}" for k in kinds) + \
-        "   mlx/torch" + ("   compiled/torch" if "mlx-compiled" in kinds else "") + "   first step ms"
+    header = (
+        f"{'precision':9} "
+        + " ".join(f"{k + ' ms':>16}" for k in kinds)
+        + "   mlx/torch"
+        + ("   compiled/torch" if "mlx-compiled" in kinds else "")
+        + "   first step ms"
+    )
     print(header)
     for precision in a.precision:
         engines = {k: _engine(k, a.model, a.size, precision, a.batch, a.device) for k in kinds}

@@ -1,0 +1,424 @@
+"""The MLX engine: fp32 master weights, an fp16/bf16 compute copy, and mpcourse's loss scaler.
+
+Usage::
+
+    import mpcourse as mpc
+
+    cfg = mpc.TrainConfig(precision="fp16", loss_scale="dynamic")
+    eng = mpc.make_engine("mlx", model="mlp", config=cfg, device="auto")  # Metal, CUDA or CPU
+    hist = eng.fit(mpc.data.load("digits"), epochs=3)
+    eng.compiled = False        # the same step, uncompiled: slower, easier to step through
+
+MLX has no autocast and no loss scaler, so the recipe is written out. One step::
+
+    def scaled_loss(master, x, y, scale):
+        model.update(cast(master, fp16))             # the fp16 copy; its backward casts to fp32
+        out = model(x.astype(fp16))
+        loss = loss_fn(out.astype(mx.float32), y)    # the loss in fp32
+        return loss * scale, loss
+
+    (_, loss), grads = mx.value_and_grad(scaled_loss)(master, x, y, scale)
+    grads = [g * (1 / scale) for g in grads]         # unscale in fp32
+    norm = sqrt(sum((g * g).sum() for g in grads))   # one reduction; inf/nan anywhere -> non-finite
+    found_inf = ~isfinite(norm)
+    new = optimizer.apply_gradients(grads, master)   # the fp32 masters take the update...
+    master = where(found_inf, master, new)           # ...unless the step is skipped (bit-identical)
+    mx.eval(loss, norm, found_inf, master, optimizer.state)   # the one evaluation of the step
+    scaler.update(found_inf.item())                  # the same Python state machine as torch's
+
+Choices, all set by :class:`~mpcourse.TrainConfig`:
+
+- ``precision="fp32"``: the copy *is* the master; no casts.
+- ``precision="fp16"|"bf16"``: fp32 masters updated by the optimizer, compute on a half copy.
+- ``master_weights=False``: pure half precision -- the parameters and the optimizer state are
+  themselves fp16/bf16 (gradients are still unscaled and checked in fp32, then cast to the
+  parameter dtype for the update). Small updates round away; the course shows what that loses.
+- ``loss_scale``: "none" applies every step, even a non-finite one (a plain loop); a static
+  or dynamic scale skips non-finite steps. The scaler is :mod:`mpcourse.scaler`, as for torch.
+- ``clip``: a policy from :mod:`mpcourse.clipping`. It decides on the host, so a clipped step
+  reads ``found_inf`` before the update (one extra sync) and clips finite steps only.
+
+The skip is a device-side ``where`` rather than a host ``if``: the whole step stays one lazy
+graph, evaluated once and compiled (``mx.compile``) as one function. ``compiled`` (default:
+on for zoo models with the default loss) switches between that and the plain Python path; both
+compute the same numbers (a test checks it). Default: compiled on a GPU for zoo models with the
+default loss; uncompiled on the CPU, where ``mx.compile`` first builds its fused kernels with a
+C++ compiler (seconds to a minute, cached under ``$TMPDIR/mlx``). A compiled step traces
+``loss_fn`` and the model once per input shape, so Python side effects in them run only while
+tracing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from mpcourse.config import TrainConfig
+from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.mlx.models import build_model
+
+__all__ = [
+    "MLXEngine",
+    "mlx_devices",
+    "resolve_device",
+    "DeviceUnavailableError",
+    "DTYPES",
+    "array_to_numpy",
+    "default_loss",
+]
+
+DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
+
+LossFn = Callable[[mx.array, mx.array], mx.array]
+
+
+def mlx_devices() -> list[str]:
+    """MLX devices usable here, best first: ``["gpu", "cpu"]`` with Metal or CUDA, else ``["cpu"]``."""
+    return (["gpu"] if mx.is_available(mx.gpu) else []) + ["cpu"]
+
+
+def _gpu_backend() -> str:
+    if mx.metal.is_available():
+        return "metal"
+    cuda = getattr(mx, "cuda", None)
+    return "cuda" if cuda is not None and cuda.is_available() else "none"
+
+
+def resolve_device(device: str) -> mx.Device:
+    """``"auto"`` -> MLX's default device; ``"cpu"``/``"gpu"`` (or ``"metal"``/``"cuda"``) must exist."""
+    if device == "auto":
+        return mx.default_device()
+    if device == "cpu":
+        return mx.Device(mx.cpu)
+    if device not in ("gpu", "metal", "cuda"):
+        raise ValueError(
+            f"unknown MLX device {device!r}; use 'auto', 'cpu' or 'gpu' "
+            f"('metal' and 'cuda' name a specific GPU backend)"
+        )
+    backend = _gpu_backend()
+    if backend == "none" or (device != "gpu" and device != backend):
+        raise DeviceUnavailableError(
+            f"MLX device {device!r} was asked for but this MLX has no {device} backend "
+            f"(available: {', '.join(mlx_devices())}); use device='auto', or install mlx on "
+            f"Apple silicon (Metal) or 'mlx[cuda]' on Linux with an NVIDIA GPU"
+        )
+    return mx.Device(mx.gpu)
+
+
+def _device_name(dev: mx.Device) -> str:
+    return "gpu" if dev.type == mx.DeviceType.gpu else "cpu"
+
+
+def default_loss(outputs: mx.array, labels: mx.array) -> mx.array:
+    """Mean cross-entropy of class labels (the engines' default ``loss_fn``; outputs arrive in fp32)."""
+    return nn.losses.cross_entropy(outputs, labels, reduction="mean")
+
+
+class MLXEngine(Engine):
+    """Training on MLX (Metal, CUDA or CPU); build it with :func:`mpcourse.make_engine`.
+
+    Args mirror :class:`~mpcourse.engines.torch.engine.TorchEngine`; ``compile`` (keyword only)
+    chooses the ``mx.compile``-d step (default: on a GPU for zoo models with the default loss).
+    """
+
+    backend = "mlx"
+
+    def __init__(
+        self,
+        model: Any,
+        config: TrainConfig,
+        device: str = "auto",
+        loss_fn: LossFn | None = None,
+        num_features: int = 64,
+        num_classes: int = 10,
+        size: str = "small",
+        *,
+        compile: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._device = resolve_device(device)
+        self.device = _device_name(self._device)
+        zoo = isinstance(model, str)
+        if zoo:
+            self.model_name = model if size == "small" else f"{model}:{size}"
+            model = build_model(model, size, num_features, num_classes, seed=config.seed)
+        elif not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a zoo name or an mlx.nn.Module, got {type(model).__name__}")
+        else:
+            self.model_name = type(model).__name__
+        self.num_features, self.num_classes = num_features, num_classes
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
+        self.user_loss_fn = loss_fn  # None: the default below
+        self.loss_fn: LossFn = loss_fn or default_loss
+        self.dtype = DTYPES[config.precision]
+        self.pure_half = not config.master_weights and config.precision != "fp32"
+        master_dtype = self.dtype if self.pure_half else mx.float32
+        self._model = model
+        self._model.train()
+        # The master weights live here, apart from the model, which holds the compute copy.
+        # A one-entry dict, so that mx.compile can capture the container and see new values.
+        self._master: dict[str, Any] = {
+            "params": tree_map(
+                lambda p: p.astype(master_dtype) if mx.issubdtype(p.dtype, mx.floating) else p,
+                model.trainable_parameters(),
+            )
+        }
+        self.optimizer = self._make_optimizer()
+        self.optimizer.init(self._master["params"])
+        self.scaler = config.make_scaler()
+        self._stale = True  # the model's copy lags the masters until .model is read
+        mx.eval(self._master, self.optimizer.state, self._model.parameters())
+        # Compiled by default where it pays: on a GPU, for zoo models and the default loss. On
+        # the CPU, mx.compile builds its fused kernels with a C++ compiler on first use (tens of
+        # seconds per new graph; cached under $TMPDIR/mlx) for a modest per-step gain.
+        if compile is None:
+            compile = zoo and loss_fn is None and self.device == "gpu"
+        self.compiled = compile
+
+    # --- construction -----------------------------------------------------------------------
+    def _make_optimizer(self) -> optim.Optimizer:
+        c = self.config
+        if c.optimizer == "adam":  # torch's Adam: bias correction on; L2 weight decay in _update
+            return optim.Adam(learning_rate=c.lr, bias_correction=True)
+        if c.optimizer == "adamw":
+            return optim.AdamW(
+                learning_rate=c.lr,
+                bias_correction=True,
+                weight_decay=0.01 if c.weight_decay is None else c.weight_decay,
+            )
+        return optim.SGD(learning_rate=c.lr, momentum=c.momentum, weight_decay=c.weight_decay or 0.0)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs as an ``mx.compile``-d function; assign to switch."""
+        return self._compiled
+
+    @compiled.setter
+    def compiled(self, on: bool) -> None:
+        self._compiled = bool(on)
+        self._grads, self._apply, self._fused = self._grad_graph, self._apply_graph, self._fused_graph
+        if self._compiled:
+            # The state a step reads and writes, captured so the compiled function sees new values.
+            model, master, opt = self._model.state, self._master, self.optimizer.state
+            self._grads = mx.compile(self._grad_graph, inputs=[model, master], outputs=[model])
+            self._apply = mx.compile(self._apply_graph, inputs=[master, opt], outputs=[master, opt])
+            self._fused = mx.compile(self._fused_graph, inputs=[model, master, opt], outputs=[model, master, opt])
+
+    @property
+    def model(self) -> nn.Module:
+        """The MLX model, holding the compute-dtype copy of the current master weights."""
+        if self._stale:
+            self._model.update(self._compute_copy(self._master["params"]))
+            self._stale = False
+        return self._model
+
+    @property
+    def master_params(self) -> dict[str, Any]:
+        """The master weights (fp32, or fp16/bf16 when ``master_weights=False``), as a tree."""
+        return self._master["params"]
+
+    @property
+    def scale(self) -> float:
+        return self.scaler.scale
+
+    def _compute_copy(self, params: Any) -> Any:
+        return tree_map(
+            lambda p: p.astype(self.dtype) if p.dtype != self.dtype and mx.issubdtype(p.dtype, mx.floating) else p,
+            params,
+        )
+
+    # --- the step, as lazy graphs -----------------------------------------------------------
+    def _scaled_loss(self, params: Any, x: mx.array, y: mx.array, scale: mx.array) -> tuple[mx.array, mx.array]:
+        self._model.update(self._compute_copy(params))  # the cast's backward returns fp32 grads
+        out = self._model(x.astype(self.dtype))
+        loss = self.loss_fn(out.astype(mx.float32), y)  # the loss in fp32
+        return loss * scale, loss
+
+    def _grad_graph(
+        self, x: mx.array, y: mx.array, scale: mx.array, inv_scale: mx.array
+    ) -> tuple[mx.array, Any, mx.array, mx.array]:
+        """Loss, unscaled fp32 gradients, their norm and found_inf (nothing is updated)."""
+        (_, loss), grads = mx.value_and_grad(self._scaled_loss)(self._master["params"], x, y, scale)
+        grads = tree_map(lambda g: g.astype(mx.float32), grads)
+        if self.scaler.skips_nonfinite:  # a real scaler (the no-op one's scale is always 1)
+            grads = tree_map(lambda g: g * inv_scale, grads)  # unscale in fp32
+        # One reduction: inf or nan in any gradient makes the sum of squares non-finite. (It
+        # also overflows when the true norm passes ~1.8e19, where training is lost anyway.)
+        leaves = [g for _, g in tree_flatten(grads)]
+        sq = mx.sum(mx.stack([mx.sum(mx.square(g)) for g in leaves])) if leaves else mx.array(0.0)
+        norm = mx.sqrt(sq)
+        return loss, grads, norm, mx.logical_not(mx.isfinite(norm))
+
+    def _update(self, grads: Any, skip: mx.array | None) -> None:
+        params = self._master["params"]
+        grads = tree_map(lambda g, p: g.astype(p.dtype), grads, params)  # pure half: update in half
+        wd = self.config.weight_decay
+        if self.config.optimizer == "adam" and wd:  # torch's Adam adds L2 decay to the gradient
+            grads = tree_map(lambda g, p: g + wd * p, grads, params)
+        if skip is None:
+            self._master["params"] = self.optimizer.apply_gradients(grads, params)
+            return
+        old_state = tree_map(lambda a: a, self.optimizer.state)  # same arrays, new containers
+        new = self.optimizer.apply_gradients(grads, params)
+        # A skipped step keeps the old arrays exactly: params, moments and Adam's step count.
+        keep = lambda n, o: mx.where(skip, o, n)  # noqa: E731
+        self._master["params"] = tree_map(keep, new, params)
+        self.optimizer.state.update(tree_map(keep, self.optimizer.state, old_state))
+
+    def _apply_graph(self, grads: Any) -> None:
+        self._update(grads, None)
+
+    def _fused_graph(
+        self, x: mx.array, y: mx.array, scale: mx.array, inv_scale: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        loss, grads, norm, found_inf = self._grad_graph(x, y, scale, inv_scale)
+        self._update(grads, found_inf if self.scaler.skips_nonfinite else None)
+        return loss, norm, found_inf
+
+    def batch_gradients(
+        self, x: np.ndarray, y: np.ndarray, *, scale: float | None = None, unscale: bool = True
+    ) -> tuple[mx.array, Any, mx.array, mx.array]:
+        """Loss, fp32 gradients, their norm and found_inf for one batch, with nothing updated.
+
+        ``scale`` defaults to the engine's current loss scale; ``unscale=False`` leaves the
+        gradients carrying it. The model's compute copy is refreshed on the next ``.model`` read.
+        """
+        s = float(self.scale if scale is None else scale)
+        inv = np.float32(1.0 / s) if unscale else np.float32(1.0)
+        with mx.stream(self._device):
+            out = self._grads(
+                mx.array(x), mx.array(np.asarray(y).astype(np.int32)), mx.array(s, dtype=mx.float32), mx.array(inv)
+            )
+        self._stale = True
+        return out
+
+    def _clip(self, grads: Any, grad_norm: mx.array) -> tuple[Any, bool]:
+        """Clip the unscaled gradients with ``config.clip``; returns (grads, whether it acted)."""
+        if self.config.clip is None:
+            return grads, False
+        from mpcourse.engines.mlx.clip import apply_clip
+
+        return apply_clip(self.config.clip, self, grads, grad_norm)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        xt, yt = mx.array(x), mx.array(y.astype(np.int32))
+        scale = self.scale
+        scale_t = mx.array(scale, dtype=mx.float32)
+        inv_t = mx.array(np.float32(1.0 / scale))  # as GradScaler: float32 of the exact reciprocal
+        t0 = time.perf_counter()
+        self._stale = True
+        clipped = False
+        with mx.stream(self._device):
+            if self.config.clip is None:
+                loss, norm, found_t = self._fused(xt, yt, scale_t, inv_t)
+            else:
+                loss, grads, norm, found_t = self._grads(xt, yt, scale_t, inv_t)
+                found = bool(found_t.item())  # a sync: the policy clips finite steps only
+                if not found:
+                    grads, clipped = self._clip(grads, norm)
+                if not found or not self.scaler.skips_nonfinite:  # "none": even a non-finite step applies
+                    self._apply(grads)
+            mx.eval(loss, norm, found_t, self._master, self.optimizer.state, self._model.state)
+        seconds = time.perf_counter() - t0
+        found = bool(found_t.item())
+        self.scaler.update(found)
+        return {
+            "loss": loss.item(),
+            "scale": scale,
+            "grad_norm": norm.item(),
+            "found_inf": found,
+            "skipped": found and self.scaler.skips_nonfinite,
+            "seconds": seconds,
+            "clipped": bool(clipped),
+        }
+
+    def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        model = self.model
+        model.eval()
+        try:
+            with mx.stream(self._device):
+                yt = mx.array(y.astype(np.int32))
+                out = model(mx.array(x).astype(self.dtype))
+                loss = self.loss_fn(out.astype(mx.float32), yt)
+                correct = mx.sum(mx.argmax(out, axis=1) == yt)
+                mx.eval(loss, correct)
+            return loss.item() * len(x), int(correct.item())
+        finally:
+            model.train()
+
+    # --- state ------------------------------------------------------------------------------
+    def _buffers(self) -> list[tuple[str, mx.array]]:
+        trainable = {k for k, _ in tree_flatten(self._model.trainable_parameters())}
+        return [(k, v) for k, v in tree_flatten(self._model.parameters()) if k not in trainable]
+
+    def _framework_state(self) -> dict[str, Any]:
+        # numpy copies: the returned dict is a snapshot that later steps do not change.
+        return {
+            "master": _to_numpy(self._master["params"]),
+            "optimizer": _to_numpy(self.optimizer.state),
+            "buffers": {k: array_to_numpy(v) for k, v in self._buffers()},  # BatchNorm running stats
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def _load_framework_state(self, state: dict[str, Any]) -> None:
+        scaler = dict(state["scaler"])
+        mine = self.scaler.kind
+        if scaler.get("kind") != mine:
+            raise ValueError(
+                f"state_dict has a {scaler.get('kind')!r} loss scaler but this engine "
+                f"uses {mine!r}; build the engine with the same TrainConfig"
+            )
+        # Check everything before changing anything: a refused state leaves the engine intact.
+        master = _from_numpy(state["master"], self._master["params"], "master weights")
+        opt = _from_numpy(state["optimizer"], self.optimizer.state, "optimizer state")
+        buffers = _from_numpy(state["buffers"], tree_unflatten(self._buffers()), "buffers") if self._buffers() else None
+        self.scaler.load_state_dict(scaler)
+        # In place, so the containers a compiled step captured stay the ones it reads.
+        self._master["params"] = master
+        self.optimizer.state.update(opt)
+        if buffers is not None:
+            self._model.update(buffers)
+        self._stale = True
+        mx.eval(self._master, self.optimizer.state, self._model.parameters())
+
+
+def array_to_numpy(a: mx.array) -> np.ndarray:
+    """A numpy copy of an mlx array; bfloat16 becomes ``ml_dtypes.bfloat16`` (bit for bit)."""
+    if a.dtype == mx.bfloat16:  # numpy has no bfloat16: copy the bits into ml_dtypes' type
+        import ml_dtypes
+
+        return np.array(a.view(mx.uint16), copy=True).view(ml_dtypes.bfloat16)
+    return np.array(a, copy=True)
+
+
+def _to_numpy(tree: Any) -> dict[str, np.ndarray]:
+    return {k: array_to_numpy(v) for k, v in tree_flatten(tree)}
+
+
+def _from_numpy(flat: dict[str, Any], like: Any, what: str) -> Any:
+    """The tree ``like`` with every leaf replaced by ``flat[key]``, checked for keys and shapes."""
+    mine = dict(tree_flatten(like))
+    if not isinstance(flat, dict) or set(flat) != set(mine):
+        got = set(flat) if isinstance(flat, dict) else set()
+        diff = sorted(got ^ set(mine))[:3]
+        raise ValueError(f"state_dict {what} do not match this model (differing keys: {diff})")
+    out = []
+    for k, ref in mine.items():
+        v = np.asarray(flat[k])
+        if v.shape != tuple(ref.shape):
+            raise ValueError(f"state_dict {what}: {k!r} has shape {v.shape}, expected {tuple(ref.shape)}")
+        if ref.dtype == mx.bfloat16:
+            arr = mx.array(v.astype(np.float32)).astype(mx.bfloat16)  # exact: bf16 values in fp32
+        else:
+            arr = mx.array(v).astype(ref.dtype)
+        out.append((k, arr))
+    return tree_unflatten(out)

@@ -1,0 +1,309 @@
+"""The PyTorch engine: autocast compute, fp32 master weights, torch.amp.GradScaler or mpcourse's scaler.
+
+Usage::
+
+    import mpcourse as mpc
+
+    cfg = mpc.TrainConfig(precision="fp16", loss_scale="dynamic")
+    eng = mpc.make_engine("torch", model="mlp", config=cfg, device="auto")  # cuda > mps > cpu
+    hist = eng.fit(mpc.data.load("digits"), epochs=3)
+
+One step, as the engine runs it (the recipe of ``torch.amp``; the scaling steps are the
+objects of :mod:`mpcourse.engines.torch.scaling`, one per scaling choice)::
+
+    with torch.autocast(device_type, dtype=torch.float16):   # matmuls in fp16, params stay fp32
+        out = model(x)
+    loss = loss_fn(out.float(), y)                           # the loss in fp32
+    scaler.scale(loss).backward()                            # scaled fp32 master gradients
+    scaler.unscale_(opt)                                     # divide by the scale, look for inf/nan
+    grad_norm = total_norm(grads)                            # of the unscaled gradients
+    scaler.step(opt)                                         # skipped when inf/nan was found
+    scaler.update()                                          # the dynamic-scale state machine
+
+Which scaler runs:
+
+- ``loss_scale="dynamic"`` with ``hysteresis=1`` and no min/max: ``torch.amp.GradScaler``
+  (its trajectory equals :class:`mpcourse.DynamicLossScaler`'s; the tests check it).
+- a static number, or dynamic with hysteresis or bounds (which GradScaler lacks):
+  mpcourse's scaler, with the same fused unscale-and-check kernel GradScaler uses.
+- ``"none"`` (and fp32, bf16): :class:`~mpcourse.scaler.NoOpLossScaler`, no scaling and no
+  skipping; a non-finite step is applied, as in a plain loop.
+
+The fast path (``TrainConfig(fused=True)``; the default on CUDA): a fused optimizer, to which
+GradScaler hands its inf/nan flag as a device tensor, so neither the skip decision nor the
+update waits for the host. The step then syncs once, at its end, to read its record.
+``fused=False`` keeps the standard optimizer, to compare.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpcourse.config import TrainConfig
+from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.torch.models import build_model
+from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
+
+__all__ = [
+    "TorchEngine",
+    "torch_devices",
+    "resolve_device",
+    "DeviceUnavailableError",
+    "DTYPES",
+    "sync",
+    "use_fused",
+    "total_norm",
+    "default_loss",
+]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_devices() -> list[str]:
+    """Torch device types usable here, best first (``cuda``, ``mps``, ``cpu``)."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found + ["cpu"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> the best device; an explicit one must exist (no silent fallback)."""
+    if device == "auto":
+        return torch.device(torch_devices()[0])
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if dev.type not in torch_devices():
+        raise DeviceUnavailableError(
+            f"device {device!r} was asked for but is not available here "
+            f"(available: {', '.join(torch_devices())}); use device='auto' "
+            f"to pick the best one"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceUnavailableError(
+            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return dev
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a host clock measures it (a host-device sync)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def use_fused(choice: bool | None, device: torch.device) -> bool:
+    """Whether the engine builds a fused optimizer (``TrainConfig.fused``) on ``device``.
+
+    ``None`` (auto) means fused on CUDA, where it removes the host sync of GradScaler's skip
+    decision; the CPU keeps the standard optimizer, which plain PyTorch loops use too. ``True``
+    on a device without fused kernels is a ValueError.
+    """
+    if choice is None:
+        return device.type == "cuda"
+    if choice and device.type not in _fused_devices():
+        raise ValueError(
+            f"fused=True: torch {torch.__version__} has no fused optimizer kernels for "
+            f"device {device.type!r} (it has them for {', '.join(_fused_devices())}); "
+            f"use fused=None or False"
+        )
+    return choice
+
+
+def _fused_devices() -> list[str]:
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # older torch: fused kernels on CUDA only
+        return ["cuda"]
+    return list(_get_fused_kernels_supported_devices())
+
+
+def default_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of class labels, computed in fp32 (the engines' default ``loss_fn``)."""
+    return F.cross_entropy(outputs.float(), labels)
+
+
+class TorchEngine(Engine):
+    """Training on cuda, mps or cpu; build it with :func:`mpcourse.make_engine`."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: Any,
+        config: TrainConfig,
+        device: str = "auto",
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        num_features: int = 64,
+        num_classes: int = 10,
+        size: str = "small",
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.torch_device = resolve_device(device)
+        self.device = self.torch_device.type if self.torch_device.index is None else str(self.torch_device)
+        if isinstance(model, str):
+            self.model_name = model if size == "small" else f"{model}:{size}"
+            model = build_model(model, size, num_features, num_classes, seed=config.seed)
+        elif isinstance(model, nn.Module):
+            self.model_name = type(model).__name__
+        else:
+            raise TypeError(f"model must be a zoo name or a torch.nn.Module, got {type(model).__name__}")
+        self.num_features, self.num_classes = num_features, num_classes
+        self.user_loss_fn = loss_fn  # None: the default below
+        self.loss_fn = loss_fn or default_loss
+        if not callable(self.loss_fn):
+            raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
+        self.dtype = DTYPES[config.precision]
+        self.pure_half = not config.master_weights and config.precision != "fp32"
+        self.model = model.to(self.torch_device, dtype=self.dtype if self.pure_half else None)
+        self.model.train()
+        self.optimizer = self._make_optimizer()
+        # One scaling object in every precision (a no-op one for fp32/bf16/"none"): one step path.
+        self.scaling: TorchScaling = make_scaling(config, self.torch_device, self.pure_half)
+
+    # --- construction -----------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c, params = self.config, self.model.parameters()
+        self.fused = use_fused(c.fused, self.torch_device)
+        # fused=None (not False) keeps torch's own default (foreach) on the standard path.
+        kw: dict[str, Any] = {"fused": True} if self.fused else {}
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay or 0.0, **kw)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(
+                params, lr=c.lr, weight_decay=0.01 if c.weight_decay is None else c.weight_decay, **kw
+            )
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay or 0.0, **kw)
+
+    @property
+    def scale(self) -> float:
+        return self.scaling.scale
+
+    def autocast(self) -> Any:
+        """The autocast context this engine computes in (a no-op for fp32 and pure half)."""
+        enabled = self.config.precision != "fp32" and not self.pure_half
+        return torch.autocast(self.torch_device.type, dtype=self.dtype, enabled=enabled)
+
+    def tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A numpy batch as tensors on the engine's device (inputs in half for pure half)."""
+        xt = torch.from_numpy(x).to(self.torch_device, non_blocking=True)
+        if self.pure_half:
+            xt = xt.to(self.dtype)
+        return xt, torch.from_numpy(y).to(self.torch_device, non_blocking=True)
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The unscaled loss of a batch, computed as the training step computes it."""
+        with self.autocast():
+            out = self.model(x)
+        return self.loss_fn(out.float(), y)
+
+    # --- one step ---------------------------------------------------------------------------
+    def grads(self) -> list[torch.Tensor]:
+        """The model's current gradients (parameters without one are left out)."""
+        return [p.grad for p in self.model.parameters() if p.grad is not None]
+
+    def _clip_(self, grads: list[torch.Tensor], grad_norm: torch.Tensor) -> bool:
+        """Clip the unscaled gradients in place with ``config.clip``; True if it acted."""
+        if self.config.clip is None:
+            return False
+        from mpcourse.engines.torch.clip import apply_clip
+
+        return apply_clip(self.config.clip, self, grads, grad_norm)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        xt, yt = self.tensors(x, y)
+        sync(self.torch_device)
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_loss(xt, yt)
+        scale_t, found_t, norm_t, clipped = self.backward_and_step(loss)
+        # One device->host transfer for everything the record needs.
+        loss_v, scale_v, found_v, norm_v = torch.stack(
+            [t.detach().reshape(()).float() for t in (loss, scale_t, found_t, norm_t)]
+        ).tolist()
+        found = bool(found_v)
+        self.scaling.update(found)
+        sync(self.torch_device)
+        return {
+            "loss": loss_v,
+            "scale": scale_v,
+            "grad_norm": norm_v,
+            "found_inf": found,
+            "skipped": found and self.scaling.skips_nonfinite,
+            "seconds": time.perf_counter() - t0,
+            "clipped": clipped,
+        }
+
+    def backward_and_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Scaled backward, unscale, clip, optimizer step; returns (scale, found_inf, norm, clipped).
+
+        The first three stay on the device; nothing here waits for the host unless a clipping
+        policy needs the verdict (never clip a step that will be skipped).
+        """
+        self.scaling.scale_loss(loss).backward()
+        scale_t = self.scaling.scale_tensor()
+        grads = self.grads()
+        found_t, norm_t = self.scaling.unscale_(self.optimizer, grads)
+        clipped = False
+        if self.config.clip is not None and not bool(found_t):
+            clipped = self._clip_(grads, norm_t)
+        self.scaling.step(self.optimizer, found_t)
+        return scale_t, found_t, norm_t, clipped
+
+    @torch.no_grad()
+    def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        xt, yt = self.tensors(x, y)
+        self.model.eval()
+        try:
+            with self.autocast():
+                out = self.model(xt)
+            loss = self.loss_fn(out.float(), yt)
+            return float(loss) * len(x), int((out.argmax(dim=1) == yt).sum())
+        finally:
+            self.model.train()
+
+    # --- state ------------------------------------------------------------------------------
+    def _framework_state(self) -> dict[str, Any]:
+        # Clones on the CPU: the returned dict is a snapshot that later steps do not change.
+        model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        optim = copy.deepcopy(_to_cpu(self.optimizer.state_dict()))
+        return {"model": model, "optimizer": optim, "scaler": self.scaling.state_dict()}
+
+    def _load_framework_state(self, state: dict[str, Any]) -> None:
+        scaler = dict(state["scaler"])
+        kind, mine = scaler.get("kind"), self.scaling.kind
+        if kind != mine:
+            raise ValueError(
+                f"state_dict has a {kind!r} loss scaler but this engine uses {mine!r}; "
+                f"build the engine with the same TrainConfig"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaling.load_state_dict(scaler)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
