@@ -51,6 +51,7 @@ tracing.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
 from mpcourse.engines.mlx.models import build_model
 
 __all__ = [
@@ -129,6 +130,7 @@ class MLXEngine(Engine):
     """
 
     backend = "mlx"
+    framework_keys = ("master", "optimizer", "buffers", "scaler")
 
     def __init__(
         self,
@@ -161,6 +163,10 @@ class MLXEngine(Engine):
         self.loss_fn: LossFn = loss_fn or default_loss
         self.dtype = DTYPES[config.precision]
         self.pure_half = not config.master_weights and config.precision != "fp32"
+        risk = nonfinite_update_risk(config)
+        if risk is not None:
+            warnings.warn(risk, UserWarning, stacklevel=3)
+        self.check_weights = risk is not None  # then a step that makes the weights NaN is reported
         master_dtype = self.dtype if self.pure_half else mx.float32
         self._model = model
         self._model.train()
@@ -331,11 +337,13 @@ class MLXEngine(Engine):
         seconds = time.perf_counter() - t0
         found = bool(found_t.item())
         self.scaler.update(found)
+        # Pure fp16 Adam: finite gradients, NaN weights (see nonfinite_update_risk); one sum says so.
+        weights_bad = self.check_weights and not _all_finite(self._master["params"])
         return {
             "loss": loss.item(),
             "scale": scale,
             "grad_norm": norm.item(),
-            "found_inf": found,
+            "found_inf": found or weights_bad,
             "skipped": found and self.scaler.skips_nonfinite,
             "seconds": seconds,
             "clipped": bool(clipped),
@@ -389,6 +397,12 @@ class MLXEngine(Engine):
             self._model.update(buffers)
         self._stale = True
         mx.eval(self._master, self.optimizer.state, self._model.parameters())
+
+
+def _all_finite(tree: Any) -> bool:
+    """True when no leaf of ``tree`` holds inf or nan (one fp32 sum, one host sync)."""
+    sums = [p.astype(mx.float32).sum() for _, p in tree_flatten(tree)]
+    return bool(mx.isfinite(mx.stack(sums).sum()).item()) if sums else True
 
 
 def array_to_numpy(a: mx.array) -> np.ndarray:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
 
@@ -143,6 +144,7 @@ class TorchEngine(Engine):
     """Training on cuda, mps or cpu; build it with :func:`mpcourse.make_engine`."""
 
     backend = "torch"
+    framework_keys = ("model", "optimizer", "scaler")
 
     def __init__(
         self,
@@ -172,6 +174,10 @@ class TorchEngine(Engine):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
         self.dtype = DTYPES[config.precision]
         self.pure_half = not config.master_weights and config.precision != "fp32"
+        risk = nonfinite_update_risk(config)
+        if risk is not None:
+            warnings.warn(risk, UserWarning, stacklevel=3)
+        self.check_weights = risk is not None  # then a step that makes the weights NaN is reported
         self.model = model.to(self.torch_device, dtype=self.dtype if self.pure_half else None)
         self.model.train()
         self.optimizer = self._make_optimizer()
@@ -240,12 +246,16 @@ class TorchEngine(Engine):
         ).tolist()
         found = bool(found_v)
         self.scaling.update(found)
+        # Pure fp16 Adam: finite gradients, NaN weights (see nonfinite_update_risk); one sum says so.
+        weights_bad = self.check_weights and not bool(
+            torch.stack([p.float().sum() for p in self.model.parameters()]).sum().isfinite()
+        )
         sync(self.torch_device)
         return {
             "loss": loss_v,
             "scale": scale_v,
             "grad_norm": norm_v,
-            "found_inf": found,
+            "found_inf": found or weights_bad,
             "skipped": found and self.scaling.skips_nonfinite,
             "seconds": time.perf_counter() - t0,
             "clipped": clipped,
