@@ -64,7 +64,7 @@ def history_panels(
                     x=steps[mark],
                     y=y,
                     mode="markers",
-                    name=f"finding: {f.kind}",
+                    name=f"finding: {getattr(f, 'kind', '?')}",
                     marker=dict(symbol="circle-open", size=11),
                 ),
                 row=1,

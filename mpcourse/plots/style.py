@@ -22,13 +22,10 @@ __all__ = ["LOSS_AXIS", "STEP_AXIS", "GRAD_NORM_AXIS", "smooth", "log2_ticks", "
 
 
 LOSS_AXIS = "training loss (cross-entropy, nats)"
-
-
-LOSS_AXIS = "training loss (cross-entropy, nats)"
 STEP_AXIS = "optimizer step"
 
 
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
+def smooth(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average over finite values (non-finite ones are left out of each window)."""
     v = np.asarray(values, dtype=float)
     if window <= 1 or len(v) == 0:
