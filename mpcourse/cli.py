@@ -21,6 +21,7 @@ import math
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from mpcourse.engines import BACKENDS
 from mpcourse.engines.zoo import ZOO
@@ -49,7 +50,7 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+def doctor(out: TextIO | None = None) -> list[dict[str, object]]:
     """Print and return what can run here: each backend:device and whether fp16/bf16 train on it.
 
     Each check builds a tiny engine and takes two real training steps; a precision "runs" when

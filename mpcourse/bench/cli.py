@@ -121,10 +121,14 @@ def bench_main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = run_grid(grid, progress=False if ns.no_progress else None)
     print(format_table(rows))
-    load = rows[0]["load_avg_1min"] if rows else None
+    recorded_load = rows[0]["load_avg_1min"] if rows else None
     print(
         f"\n{len(rows)} configurations in {time.perf_counter() - t0:.1f} s"
-        + (f" (1-min load average at start: {load:.2f} on {os.cpu_count()} cores)" if load is not None else "")
+        + (
+            f" (1-min load average at start: {recorded_load:.2f} on {os.cpu_count()} cores)"
+            if recorded_load is not None
+            else ""
+        )
     )
     slower = [r for r in rows if r["status"] == "ok" and r["speedup_vs_fp32"] and r["speedup_vs_fp32"] < 1]
     if slower:

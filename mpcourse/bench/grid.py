@@ -29,9 +29,6 @@ __all__ = ["backend_tools", "PRECISIONS", "SCHEMA", "PRESETS", "Case", "BenchGri
 
 
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
-
-
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
 SCHEMA = 1
 
 

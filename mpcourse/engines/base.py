@@ -127,6 +127,7 @@ class Engine(ABC):
     model: Any
     config: TrainConfig
     user_loss_fn: Any  # the loss_fn given to make_engine, or None for the engine's default
+    loss_fn: Any  # the loss the engine computes: user_loss_fn or the default cross-entropy
     model_name: str
     num_features: int
     num_classes: int

@@ -31,12 +31,14 @@ from mpcourse.plots.style import (
     NOTEBOOK_RENDERER,
     STEP_AXIS,
     log2_ticks,
+    overflow_markers,
     setup_notebook,
     smooth,
 )
 from mpcourse.plots.training import loss_and_scale, loss_curves, scale_trajectory, time_bars, training_curves
 
 __all__ = [
+    "overflow_markers",
     "GRAD_NORM_AXIS",
     "LOSS_AXIS",
     "NOTEBOOK_RENDERER",

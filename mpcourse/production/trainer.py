@@ -158,9 +158,10 @@ class Trainer:
             self.engine.fit(self.data, steps=stop - self.engine.step, progress=progress, callback=self._on_step)
             if self._pending is not None:
                 reason, evidence = self._pending
-                to = self.fallback.next_precision(self.engine.config.precision)  # type: ignore[union-attr]
-                self.floor = to  # type: ignore[assignment]
-                self._switch(to, {"kind": "fallback", "reason": reason, "evidence": evidence})  # type: ignore[arg-type]
+                assert self.fallback is not None  # _pending is only set by the fallback policy
+                to = self.fallback.next_precision(self.engine.config.precision)
+                self.floor = to
+                self._switch(to, {"kind": "fallback", "reason": reason, "evidence": evidence})
                 self._maybe_checkpoint()
         return self.history
 

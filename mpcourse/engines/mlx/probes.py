@@ -100,7 +100,7 @@ class _Log:
     def call(self, name: str, inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         k = len(self.calls)
         parent = self.stack[-1] if self.stack else None
-        rec = _Call(name, inner, parent)  # type: ignore[arg-type]
+        rec = _Call(name, inner, parent)
         self.calls.append(rec)
         if parent is not None:
             self.calls[parent].children.append(k)

@@ -92,7 +92,9 @@ class GradScalerScaling:
         return float(self.grad_scaler.get_scale())
 
     def scale_tensor(self) -> torch.Tensor:
-        return self.grad_scaler._scale.detach().clone()  # no host sync (see the class docstring)
+        scale = self.grad_scaler._scale  # no host sync (see the class docstring)
+        assert scale is not None, "GradScaler makes its scale tensor on the first scale() call"
+        return scale.detach().clone()
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return self.grad_scaler.scale(loss)
