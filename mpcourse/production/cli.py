@@ -86,7 +86,7 @@ def number_in(lo: float, *, lo_open: bool) -> Callable[[str], float]:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, as the mpcourse CLI prints, instead of argparse's usage block.
-        print(f"{PROG} train: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 
