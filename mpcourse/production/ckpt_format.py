@@ -26,10 +26,11 @@ damage, before any JSON is parsed. The second digest (lengths and header only) t
 short, whose header still verifies, from one whose length fields are damaged.
 
 Why not safetensors for the payload: safetensors 0.8 (PyPI, no torch needed) lays out tensors
-well, but it carries no checksum -- a flipped payload byte loads silently (measured: a ``1.0``
-came back as ``-4.0``) -- and it stores flat name -> tensor maps, while an engine state is a
-nested tree of dicts, tuples, numpy scalars and JSON values. The checksum and the tree would
-both have to be added around it; the raw layout here is the same idea in a few lines.
+well, but it carries no checksum -- a flipped payload byte loads silently (measured with its
+numpy API, 0.8.0: a ``1.0`` came back as ``-4.0``, no error) -- and it stores flat name ->
+tensor maps, while an engine state is a nested tree of dicts, tuples, numpy scalars and JSON
+values. The checksum and the tree would both have to be added around it; the raw layout here
+is the same idea in a few lines, with no extra dependency.
 
 Writing goes to a temporary file (``.NAME.XXXX.tmp``) in the same directory, which is flushed,
 fsync'd and ``os.replace``'d over the target (atomic on POSIX and Windows); then the directory
