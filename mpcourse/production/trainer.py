@@ -94,7 +94,11 @@ class Trainer:
         )
         self.history = History(meta={**self.engine.describe(), "trainer": True})
         # What makes a checkpoint this run's: the user's config (not the current phase's) and the data.
-        self.run = run_identity(backend, self.engine.model_name, config.to_dict(), dataset_record(data))
+        try:
+            record: dict[str, Any] | None = dataset_record(data)
+        except TypeError:  # batches from an iterable: nothing to fingerprint up front
+            record = None
+        self.run = run_identity(backend, self.engine.model_name, config.to_dict(), record)
         if checkpoints is not None:
             checkpoints.bind(self.run)
         self.resume_skipped: list[tuple[Path, str]] = []  # what the last resume passed over, and why
@@ -199,7 +203,8 @@ class Trainer:
         if precision not in PRECISIONS:
             raise CheckpointError(f"{path}: no valid precision in its meta ({precision!r})")
         engine = transfer(self.engine, self._config_for(precision))
-        load_checkpoint(path, engine, data=self.data)  # refuses another backend, model, config or dataset
+        data = self.data if self.run["dataset"] is not None else None
+        load_checkpoint(path, engine, data=data)  # refuses another backend, model, config or dataset
         self.engine = engine
         state = ck.meta.get("trainer", {})
         self.floor = state.get("floor", "fp16")
