@@ -124,6 +124,10 @@ class GradScalerScaling:
         GradScaler itself accepts any number (a NaN, 0 or inf scale skips every step for good; a
         negative one trains with a negative scale); a refused state leaves the scaler as it was.
         """
+        if not self.grad_scaler.is_enabled():  # torch disabled it on this device: its state is empty
+            if not isinstance(state, dict) or set(state) - {"kind"}:
+                raise ValueError(f"this GradScaler is disabled and keeps no state; got {state!r}")
+            return
         check_grad_scaler_state(state)
         self.grad_scaler.load_state_dict({k: v for k, v in state.items() if k != "kind"})
 
