@@ -63,6 +63,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.mlx.models import build_model
+from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 
 __all__ = [
     "MLXEngine",
@@ -92,9 +93,16 @@ def _gpu_backend() -> str:
 
 
 def resolve_device(device: str) -> mx.Device:
-    """``"auto"`` -> MLX's default device; ``"cpu"``/``"gpu"`` (or ``"metal"``/``"cuda"``) must exist."""
+    """``"auto"`` -> MLX's default device, or the one ``MPCOURSE_DEVICE`` pins; ``"cpu"``/``"gpu"``
+    (or ``"metal"``/``"cuda"``) must exist."""
     if device == "auto":
-        return mx.default_device()
+        pinned = pinned_device("mlx")
+        if pinned is None:
+            return mx.default_device()
+        try:
+            return resolve_device(pinned)
+        except DeviceUnavailableError as err:
+            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
     if device == "cpu":
         return mx.Device(mx.cpu)
     if device not in ("gpu", "metal", "cuda"):

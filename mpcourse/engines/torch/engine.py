@@ -49,6 +49,7 @@ from torch import nn
 
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
 
@@ -78,9 +79,18 @@ def torch_devices() -> list[str]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the best device; an explicit one must exist (no silent fallback)."""
+    """``"auto"`` -> the best device, or the one ``MPCOURSE_DEVICE`` pins; an explicit one must exist."""
     if device == "auto":
-        return torch.device(torch_devices()[0])
+        pinned = pinned_device("torch")
+        if pinned is None:
+            return torch.device(torch_devices()[0])
+        gpus = [d for d in torch_devices() if d != "cpu"]
+        if pinned == "gpu" and not gpus:
+            raise DeviceUnavailableError(f"{DEVICE_ENV}=gpu pins device='auto' to a GPU, but torch sees none here")
+        try:
+            return resolve_device(gpus[0] if pinned == "gpu" else pinned)
+        except DeviceUnavailableError as err:
+            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
     try:
         dev = torch.device(device)
     except RuntimeError as err:
