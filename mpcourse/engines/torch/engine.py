@@ -52,6 +52,7 @@ from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
+from mpcourse.engines.torch.support import precision_problem
 
 __all__ = [
     "TorchEngine",
@@ -168,6 +169,9 @@ class TorchEngine(Engine):
         self.config = config
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type if self.torch_device.index is None else str(self.torch_device)
+        problem = precision_problem(self.device, config.precision)  # what this torch cannot do there
+        if problem:
+            raise DeviceUnavailableError(f"{config.precision} on {self.device}: {problem}")
         if isinstance(model, str):
             self.model_name = model if size == "small" else f"{model}:{size}"
             model = build_model(model, size, num_features, num_classes, seed=config.seed)

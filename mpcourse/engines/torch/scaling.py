@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from mpcourse.config import TrainConfig
+from mpcourse.engines.torch.support import grad_scaler_works
 from mpcourse.scaler import LossScaler
 
 __all__ = ["TorchScaling", "GradScalerScaling", "OwnScaling", "make_scaling", "total_norm"]
@@ -179,6 +180,7 @@ def make_scaling(config: TrainConfig, device: torch.device, pure_half: bool) -> 
         and config.min_scale is None
         and config.max_scale is None
         and not pure_half
+        and grad_scaler_works(device.type)  # GradScaler("mps") fails before torch 2.8
     ):
         return GradScalerScaling(device.type, config)
     return OwnScaling(config.make_scaler(), device)
