@@ -70,3 +70,10 @@ def test_every_job_runs_the_device_conformance_suite_on_what_it_has():
     assert any("pytest tests/test_devices.py" in r and "-rs" in r for r in runs)  # skips listed with reasons
     nbval = next(s for s in steps if "tests notebooks --nbval" in " ".join(s.get("run", "").split()))
     assert "runner.os == 'macOS'" in nbval["env"]["MPCOURSE_DEVICE"]  # macOS VMs lack MPS: notebooks on the CPU
+
+
+def test_ci_run_also_runs_the_notebooks_on_torchs_generic_kernels_and_requires_the_browser():
+    text = (REPO / ".ci" / "run").read_text()
+    again = [line for line in text.splitlines() if line.startswith("ATEN_CPU_CAPABILITY=default ")]
+    assert len(again) == 1 and "pytest notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg" in again[0]
+    assert text.index('export CI="${CI:-true}"') < text.index("python -m pytest tests notebooks")
