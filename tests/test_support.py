@@ -90,3 +90,16 @@ def test_installed_versions_are_read_here():
     assert tv is None or parse_version(tv) >= (2,)
     mv, mac2, backend = mlx_support.installed_versions()
     assert backend in ("metal", "cuda", "none") and mac == mac2
+
+
+def test_the_mlx_engine_refuses_what_its_version_cannot_do(monkeypatch):
+    import mpcourse as mpc
+
+    if mpc.engines.missing_reason("mlx") is not None:
+        pytest.skip(mpc.engines.missing_reason("mlx"))
+    from mpcourse.engines import DeviceUnavailableError
+    from mpcourse.engines.mlx import engine
+
+    monkeypatch.setattr(engine, "precision_problem", lambda device, precision: f"planted: no {precision}")
+    with pytest.raises(DeviceUnavailableError, match="fp16 on mlx cpu: planted: no fp16"):
+        mpc.make_engine("mlx", "mlp", mpc.TrainConfig(precision="fp16"), device="cpu", verbose=False)

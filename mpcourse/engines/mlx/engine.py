@@ -63,6 +63,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.mlx.models import build_model
+from mpcourse.engines.mlx.support import precision_problem
 from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 
 __all__ = [
@@ -154,6 +155,9 @@ class MLXEngine(Engine):
         self.config = config
         self._device = resolve_device(device)
         self.device = _device_name(self._device)
+        problem = precision_problem(self.device, config.precision)  # what this MLX cannot do there
+        if problem:
+            raise DeviceUnavailableError(f"{config.precision} on mlx {self.device}: {problem}")
         zoo = isinstance(model, str)
         if zoo:
             self.model_name = model if size == "small" else f"{model}:{size}"
