@@ -209,11 +209,13 @@ def _mark_tainted_reads(cells: list[Cell], tainted: set[str]) -> None:
 def _asserted(names: set[str], cells: list[Cell]) -> bool:
     """Whether an assert in ``cells`` reads ``names`` or a name computed from them (in order)."""
     derived = set(names)
-    for cell in cells:
+    for pos, cell in enumerate(cells):
         for _ in range(len(cell.flows) + 1):  # names computed from names computed from them ...
             for bound, read in cell.flows:
                 if read & derived:
                     derived |= bound
+                elif pos > 0:  # a later cell that rebinds a name from other values: not this claim's
+                    derived -= bound
         if cell.asserts_read & derived:
             return True
     return False
@@ -321,3 +323,15 @@ def test_the_rule_is_written_where_the_harness_is():
     for text in (conftest, cfg):
         assert TAG in text and "assert" in text and "MPS" in text and "CUDA" in text
     assert "tests/test_notebook_rule.py" in conftest
+
+
+def test_an_assert_on_a_reused_name_does_not_count_for_the_hidden_output():
+    reused = _nb(SETUP, (TRAIN + "\nprint(loss)", True, "2.30"), ("loss = 1.0\nassert loss == 1.0", False, ""))
+    assert [v[:9] for v in violations(reused)] == ["B: cell 1"]
+
+
+def test_removing_a_real_assert_cell_is_caught():
+    nb = _load(NOTEBOOKS[1])  # 02: cell 10 asserts what cell 7's training table shows
+    assert violations(nb) == []
+    nb["cells"][10]["source"] = ["pass\n"]
+    assert any(v.startswith("B: cell 7 ") for v in violations(nb))
