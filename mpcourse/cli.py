@@ -60,6 +60,7 @@ def doctor(out: TextIO | None = None) -> list[dict[str, object]]:
 
     from mpcourse.config import TrainConfig
     from mpcourse.engines import available_backends, make_engine
+    from mpcourse.hardware import describe_cpu
 
     out = out or sys.stdout
     print(f"python {platform.python_version()} on {platform.platform()} ({platform.machine()})", file=out)
@@ -68,10 +69,14 @@ def doctor(out: TextIO | None = None) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((32, 64)).astype(np.float32), rng.integers(0, 10, 32)
     rows: list[dict[str, object]] = []
+    print(f"\nCPU: {describe_cpu()}", file=out)
     found = available_backends()
     print(f"\nbackends found: {', '.join(found) or 'none (install torch or mlx)'}", file=out)
     for pair in found:
         backend, device = pair.split(":", 1)
+        for lim in importlib.import_module(f"mpcourse.engines.{backend}.support").limits(device):
+            word = "WILL NOT WORK" if lim.blocking else "note"
+            print(f"  {pair:<11} {lim.precision}: {word}: {lim.message}", file=out)
         for precision in ("fp32", "fp16", "bf16"):
             try:
                 eng = make_engine(

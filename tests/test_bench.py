@@ -236,7 +236,7 @@ def test_cpu_flags_are_a_subset_of_known_flags() -> None:
     flags = hardware.cpu_flags()
     if flags is None:
         pytest.skip("no /proc/cpuinfo here")
-    assert set(flags) <= set(hardware.LOW_PRECISION_FLAGS)
+    assert set(flags) <= set(hardware.precision_flags())
     assert hardware.cpu_model()
 
 

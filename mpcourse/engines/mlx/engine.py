@@ -64,6 +64,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
 from mpcourse.engines.mlx.models import build_model
+from mpcourse.engines.mlx.support import precision_problem
+from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 
 __all__ = [
     "MLXEngine",
@@ -93,9 +95,16 @@ def _gpu_backend() -> str:
 
 
 def resolve_device(device: str) -> mx.Device:
-    """``"auto"`` -> MLX's default device; ``"cpu"``/``"gpu"`` (or ``"metal"``/``"cuda"``) must exist."""
+    """``"auto"`` -> MLX's default device, or the one ``MPCOURSE_DEVICE`` pins; ``"cpu"``/``"gpu"``
+    (or ``"metal"``/``"cuda"``) must exist."""
     if device == "auto":
-        return mx.default_device()
+        pinned = pinned_device("mlx")
+        if pinned is None:
+            return mx.default_device()
+        try:
+            return resolve_device(pinned)
+        except DeviceUnavailableError as err:
+            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
     if device == "cpu":
         return mx.Device(mx.cpu)
     if device not in ("gpu", "metal", "cuda"):
@@ -148,6 +157,9 @@ class MLXEngine(Engine):
         self.config = config
         self._device = resolve_device(device)
         self.device = _device_name(self._device)
+        problem = precision_problem(self.device, config.precision)  # what this MLX cannot do there
+        if problem:
+            raise DeviceUnavailableError(f"{config.precision} on mlx {self.device}: {problem}")
         zoo = isinstance(model, str)
         if zoo:
             self.model_name = model if size == "small" else f"{model}:{size}"

@@ -50,8 +50,10 @@ from torch import nn
 
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
+from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
+from mpcourse.engines.torch.support import precision_problem
 
 __all__ = [
     "TorchEngine",
@@ -79,9 +81,18 @@ def torch_devices() -> list[str]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the best device; an explicit one must exist (no silent fallback)."""
+    """``"auto"`` -> the best device, or the one ``MPCOURSE_DEVICE`` pins; an explicit one must exist."""
     if device == "auto":
-        return torch.device(torch_devices()[0])
+        pinned = pinned_device("torch")
+        if pinned is None:
+            return torch.device(torch_devices()[0])
+        gpus = [d for d in torch_devices() if d != "cpu"]
+        if pinned == "gpu" and not gpus:
+            raise DeviceUnavailableError(f"{DEVICE_ENV}=gpu pins device='auto' to a GPU, but torch sees none here")
+        try:
+            return resolve_device(gpus[0] if pinned == "gpu" else pinned)
+        except DeviceUnavailableError as err:
+            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
     try:
         dev = torch.device(device)
     except RuntimeError as err:
@@ -160,6 +171,9 @@ class TorchEngine(Engine):
         self.config = config
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type if self.torch_device.index is None else str(self.torch_device)
+        problem = precision_problem(self.device, config.precision)  # what this torch cannot do there
+        if problem:
+            raise DeviceUnavailableError(f"{config.precision} on {self.device}: {problem}")
         if isinstance(model, str):
             self.model_name = model if size == "small" else f"{model}:{size}"
             model = build_model(model, size, num_features, num_classes, seed=config.seed)

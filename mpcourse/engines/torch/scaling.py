@@ -27,6 +27,7 @@ import torch
 
 from mpcourse._validate import positive_finite
 from mpcourse.config import TrainConfig
+from mpcourse.engines.torch.support import grad_scaler_works
 from mpcourse.scaler import LossScaler, state_int, state_scale
 
 __all__ = ["TorchScaling", "GradScalerScaling", "OwnScaling", "make_scaling", "total_norm", "check_grad_scaler_state"]
@@ -216,6 +217,7 @@ def make_scaling(config: TrainConfig, device: torch.device, pure_half: bool) -> 
         and config.min_scale is None
         and config.max_scale is None
         and not pure_half
+        and grad_scaler_works(device.type)  # GradScaler("mps") fails before torch 2.8
     ):
         return GradScalerScaling(device.type, config)
     return OwnScaling(config.make_scaler(), device)
