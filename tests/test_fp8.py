@@ -211,3 +211,19 @@ def test_clone_has_fresh_state_and_bad_settings_are_named() -> None:
         fp8.MXScaling(rounding="nearest")
     with pytest.raises(ValueError, match="block"):
         fp8.BlockScaling(block=0)
+
+
+# --- the config ----------------------------------------------------------------------------
+def test_config_fp8_defaults_to_delayed_scaling_without_loss_scaling() -> None:
+    import mpcourse as mpc
+
+    cfg = mpc.TrainConfig(precision="fp8")
+    assert cfg.fp8 == fp8.DelayedScaling() and cfg.scaling_mode == "none"
+    assert cfg.to_dict()["fp8"] == "DelayedScaling(history=1024, margin=0, fmt='hybrid', amax_compute='max')"
+    mine = fp8.CurrentScaling()
+    assert mpc.TrainConfig(precision="fp8", fp8=mine).fp8 is mine
+    assert cfg.replace(precision="bf16").fp8 is None  # leaving fp8 drops the recipe
+    with pytest.raises(ValueError, match="needs precision='fp8'"):
+        mpc.TrainConfig(precision="bf16", fp8=fp8.CurrentScaling())
+    with pytest.raises(TypeError, match="fp8 must be None or a recipe"):
+        mpc.TrainConfig(precision="fp8", fp8="delayed")
