@@ -97,8 +97,11 @@ class Fp8Recipe(ABC):
         return (None, None)
 
     @abstractmethod
-    def scale(self, key: str, role: str, amax: np.ndarray) -> np.ndarray:
-        """The float32 scales (shaped like ``amax``, one per tile) to cast tensor ``key`` with now."""
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
+        """The float32 scales (shaped like ``amax``, one per tile) to cast tensor ``key`` with now.
+
+        ``record=False`` (evaluation) leaves the recipe's state untouched.
+        """
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

@@ -55,5 +55,5 @@ class BlockScaling(Fp8Recipe):
     def tile(self, role: str) -> Tile:
         return (self.block, self.block) if check_role(role) == "weight" else (1, self.block)
 
-    def scale(self, key: str, role: str, amax: np.ndarray) -> np.ndarray:
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
         return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)

@@ -34,7 +34,17 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["FP8_FORMATS", "FP8_MAX", "FP8_DTYPES", "EMAX", "check_fp8", "quantize", "dequantize", "cast_counts"]
+__all__ = [
+    "FP8_FORMATS",
+    "FP8_MAX",
+    "FP8_DTYPES",
+    "EMAX",
+    "OVERFLOW",
+    "check_fp8",
+    "quantize",
+    "dequantize",
+    "cast_counts",
+]
 
 FP8_FORMATS: tuple[str, ...] = ("e4m3", "e5m2")
 # e4m3 is the "fn" variant (finite + NaN, no inf) that H100/Blackwell and torch's float8_e4m3fn use.
@@ -42,6 +52,10 @@ FP8_DTYPES: dict[str, Any] = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes
 FP8_MAX: dict[str, float] = {"e4m3": 448.0, "e5m2": 57344.0}
 # The exponent of the largest power of two below fp8_max (OCP MX spec, "emax_elem").
 EMAX: dict[str, int] = {"e4m3": 8, "e5m2": 15}
+# Where round-to-nearest-even leaves fp8_max: e4m3's max 448 = 1.110b * 2**8 has an even
+# mantissa, so the tie 464 rounds down (overflow is |y| > 464); e5m2's 57344 = 1.11b * 2**15 is
+# odd, so the tie 61440 rounds up to inf (overflow is |y| >= 61440). (threshold, tie overflows)
+OVERFLOW: dict[str, tuple[float, bool]] = {"e4m3": (464.0, False), "e5m2": (61440.0, True)}
 
 
 def check_fp8(name: str, fmt: Any) -> str:

@@ -50,5 +50,5 @@ class CurrentScaling(Fp8Recipe):
     def settings(self) -> dict[str, Any]:
         return {"fmt": self._fmt, "power_of_2": self.power_of_2}
 
-    def scale(self, key: str, role: str, amax: np.ndarray) -> np.ndarray:
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
         return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)

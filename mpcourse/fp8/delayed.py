@@ -76,10 +76,12 @@ class DelayedScaling(Fp8Recipe):
     def settings(self) -> dict[str, Any]:
         return {"history": self.history, "margin": self.margin, "fmt": self._fmt, "amax_compute": self.amax_compute}
 
-    def scale(self, key: str, role: str, amax: np.ndarray) -> np.ndarray:
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
         a = np.asarray(amax, dtype=np.float32)
         if a.size != 1:
             raise ValueError(f"DelayedScaling is per tensor: one amax per cast, got shape {a.shape} for {key!r}")
+        if not record:  # evaluation: the scale training would use, and no history
+            return np.full(a.shape, self.scales.get(key, np.float32(1.0)), dtype=np.float32)
         if key not in self.scales:
             self.roles[key] = check_role(role)
             self.scales[key] = np.float32(1.0)

@@ -87,5 +87,5 @@ class MXScaling(Fp8Recipe):
         e = np.where(ok, e, np.where(a == 0, -127, 127))
         return np.clip(e, -127, 127)
 
-    def scale(self, key: str, role: str, amax: np.ndarray) -> np.ndarray:
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
         return np.exp2(-self.exponent(role, amax).astype(np.float64)).astype(np.float32)

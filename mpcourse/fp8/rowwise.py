@@ -54,5 +54,5 @@ class RowwiseScaling(Fp8Recipe):
         check_role(role)
         return (1, None)
 
-    def scale(self, key: str, role: str, amax: np.ndarray) -> np.ndarray:
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
         return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)

@@ -49,6 +49,7 @@ from torch import nn
 
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.torch.fp8 import fp8_for_engine
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
 
@@ -170,9 +171,10 @@ class TorchEngine(Engine):
         self.loss_fn = loss_fn or default_loss
         if not callable(self.loss_fn):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
-        self.dtype = DTYPES[config.precision]
+        self.dtype = DTYPES["bf16" if config.precision == "fp8" else config.precision]  # fp8: the rest in bf16
         self.pure_half = not config.master_weights and config.precision != "fp32"
         self.model = model.to(self.torch_device, dtype=self.dtype if self.pure_half else None)
+        self.fp8 = fp8_for_engine(self.model, config)  # None unless precision="fp8"
         self.model.train()
         self.optimizer = self._make_optimizer()
         # One scaling object in every precision (a no-op one for fp32/bf16/"none"): one step path.
@@ -242,6 +244,7 @@ class TorchEngine(Engine):
         self.scaling.update(found)
         sync(self.torch_device)
         return {
+            **({} if self.fp8 is None else {"fp8": self.fp8.end_step()}),  # per-tensor amax, scale, counts
             "loss": loss_v,
             "scale": scale_v,
             "grad_norm": norm_v,
@@ -284,7 +287,8 @@ class TorchEngine(Engine):
         # Clones on the CPU: the returned dict is a snapshot that later steps do not change.
         model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         optim = copy.deepcopy(_to_cpu(self.optimizer.state_dict()))
-        return {"model": model, "optimizer": optim, "scaler": self.scaling.state_dict()}
+        out = {"model": model, "optimizer": optim, "scaler": self.scaling.state_dict()}
+        return out if self.fp8 is None else {**out, "fp8": self.fp8.recipe.state_dict()}
 
     def _load_framework_state(self, state: dict[str, Any]) -> None:
         scaler = dict(state["scaler"])
@@ -294,9 +298,15 @@ class TorchEngine(Engine):
                 f"state_dict has a {kind!r} loss scaler but this engine uses {mine!r}; "
                 f"build the engine with the same TrainConfig"
             )
+        if self.fp8 is not None:
+            if "fp8" not in state:
+                raise ValueError("state_dict has no fp8 recipe state but this engine trains in fp8")
+            self.fp8.recipe.clone().load_state_dict(state["fp8"])  # check before changing anything
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaling.load_state_dict(scaler)
+        if self.fp8 is not None:
+            self.fp8.recipe.load_state_dict(state["fp8"])
 
 
 def _to_cpu(obj: Any) -> Any:
