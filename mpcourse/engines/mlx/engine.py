@@ -62,6 +62,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.mlx.fp8 import fp8_for_engine
 from mpcourse.engines.mlx.models import build_model
 
 __all__ = [
@@ -159,8 +160,9 @@ class MLXEngine(Engine):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
         self.user_loss_fn = loss_fn  # None: the default below
         self.loss_fn: LossFn = loss_fn or default_loss
-        self.dtype = DTYPES[config.precision]
+        self.dtype = DTYPES["bf16" if config.precision == "fp8" else config.precision]  # fp8: the rest in bf16
         self.pure_half = not config.master_weights and config.precision != "fp32"
+        self.fp8 = fp8_for_engine(model, config)  # None unless precision="fp8"; before the masters are taken
         master_dtype = self.dtype if self.pure_half else mx.float32
         self._model = model
         self._model.train()
@@ -181,7 +183,7 @@ class MLXEngine(Engine):
         # the CPU, mx.compile builds its fused kernels with a C++ compiler on first use (tens of
         # seconds per new graph; cached under $TMPDIR/mlx) for a modest per-step gain.
         if compile is None:
-            compile = zoo and loss_fn is None and self.device == "gpu"
+            compile = zoo and loss_fn is None and self.device == "gpu" and self.fp8 is None
         self.compiled = compile
 
     # --- construction -----------------------------------------------------------------------
@@ -204,6 +206,8 @@ class MLXEngine(Engine):
 
     @compiled.setter
     def compiled(self, on: bool) -> None:
+        if on and self.fp8 is not None:
+            raise ValueError("an fp8 step cannot be mx.compile-d (each cast reads its amax on the host); compile=False")
         self._compiled = bool(on)
         self._grads, self._apply, self._fused = self._grad_graph, self._apply_graph, self._fused_graph
         if self._compiled:
@@ -332,6 +336,7 @@ class MLXEngine(Engine):
         found = bool(found_t.item())
         self.scaler.update(found)
         return {
+            **({} if self.fp8 is None else {"fp8": self.fp8.end_step()}),  # per-tensor amax, scale, counts
             "loss": loss.item(),
             "scale": scale,
             "grad_norm": norm.item(),
@@ -367,6 +372,7 @@ class MLXEngine(Engine):
             "optimizer": _to_numpy(self.optimizer.state),
             "buffers": {k: array_to_numpy(v) for k, v in self._buffers()},  # BatchNorm running stats
             "scaler": self.scaler.state_dict(),
+            **({} if self.fp8 is None else {"fp8": self.fp8.recipe.state_dict()}),
         }
 
     def _load_framework_state(self, state: dict[str, Any]) -> None:
@@ -381,7 +387,13 @@ class MLXEngine(Engine):
         master = _from_numpy(state["master"], self._master["params"], "master weights")
         opt = _from_numpy(state["optimizer"], self.optimizer.state, "optimizer state")
         buffers = _from_numpy(state["buffers"], tree_unflatten(self._buffers()), "buffers") if self._buffers() else None
+        if self.fp8 is not None:
+            if "fp8" not in state:
+                raise ValueError("state_dict has no fp8 recipe state but this engine trains in fp8")
+            self.fp8.recipe.clone().load_state_dict(state["fp8"])  # check before changing anything
         self.scaler.load_state_dict(scaler)
+        if self.fp8 is not None:
+            self.fp8.recipe.load_state_dict(state["fp8"])
         # In place, so the containers a compiled step captured stay the ones it reads.
         self._master["params"] = master
         self.optimizer.state.update(opt)
