@@ -227,3 +227,28 @@ def test_config_fp8_defaults_to_delayed_scaling_without_loss_scaling() -> None:
         mpc.TrainConfig(precision="bf16", fp8=fp8.CurrentScaling())
     with pytest.raises(TypeError, match="fp8 must be None or a recipe"):
         mpc.TrainConfig(precision="fp8", fp8="delayed")
+
+
+def test_fp8_rules_import_without_frameworks_and_convert_says_what_it_needs() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split('.')[0] in ('torch', 'mlx'):
+                    raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        sys.meta_path.insert(0, Block())
+        import mpcourse as mpc
+        assert mpc.TrainConfig(precision="fp8").fp8 == mpc.fp8.DelayedScaling()
+        assert 'torch' not in sys.modules and 'mlx' not in sys.modules
+        try:
+            mpc.fp8.convert(object(), mpc.fp8.CurrentScaling())
+        except ModuleNotFoundError as err:
+            print(err)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "No module named 'torch'" in r.stdout
