@@ -44,7 +44,7 @@ class StepRecord:
         epoch: the epoch this step belongs to (0-based).
         fp8: under ``precision="fp8"``, per cast tensor (``"layers.0.input"``, ``"...weight"``,
             ``"...grad_output"``): ``{"amax", "scale", "saturated", "underflowed", "numel",
-            "tiles"}`` of this step; None otherwise. See :meth:`History.fp8_trace`.
+            "tiles", "fmt"}`` of this step; None otherwise. See :meth:`History.fp8_trace`.
     """
 
     step: int

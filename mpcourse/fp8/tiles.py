@@ -55,8 +55,8 @@ def expand(scale: np.ndarray, shape: tuple[int, ...], tile: Tile) -> np.ndarray:
     return full[: shape[0], : shape[1]]
 
 
-def tensor_stats(amax: np.ndarray, scale: np.ndarray, counts: dict[str, int], numel: int) -> dict[str, Any]:
-    """The per-cast record: amax and scale (max amax, min scale over tiles), counts, size."""
+def tensor_stats(amax: np.ndarray, scale: np.ndarray, counts: dict[str, int], numel: int, fmt: str) -> dict[str, Any]:
+    """The per-cast record: amax and scale (max amax, min scale over tiles), counts, size, format."""
     a, s = np.asarray(amax, np.float32), np.asarray(scale, np.float32)
     return {
         "amax": float(np.max(a)) if a.size else 0.0,
@@ -65,6 +65,7 @@ def tensor_stats(amax: np.ndarray, scale: np.ndarray, counts: dict[str, int], nu
         "underflowed": int(counts["underflowed"]),
         "numel": int(numel),
         "tiles": int(a.size),
+        "fmt": fmt,
     }
 
 
@@ -79,4 +80,4 @@ def cast_operand(
     scale = expand(grid, x.shape, tile)
     fmt = recipe.fmt(role)
     q = quantize(x, scale, fmt)
-    return q, scale, tensor_stats(amax, grid, cast_counts(x, scale, q, fmt), x.size)
+    return q, scale, tensor_stats(amax, grid, cast_counts(x, scale, q, fmt), x.size, fmt)

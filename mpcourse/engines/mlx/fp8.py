@@ -104,7 +104,7 @@ def cast(x: mx.array, state: Fp8State, key: str, role: str, *, record: bool = Tr
         under = mx.logical_and(xf != 0, q == 0)
         counts = np.array(mx.stack([mx.sum(over), mx.sum(under)])).tolist()
         state.log.setdefault(
-            key, tensor_stats(amax_np, grid, {"saturated": counts[0], "underflowed": counts[1]}, rows * cols)
+            key, tensor_stats(amax_np, grid, {"saturated": counts[0], "underflowed": counts[1]}, rows * cols, fmt)
         )
     return q / scale
 

@@ -120,7 +120,7 @@ def cast(
         under = (xf != 0) & (q.float() == 0)
         counts = torch.stack([over.sum(), under.sum()]).tolist()
         state.log.setdefault(
-            key, tensor_stats(amax_np, grid, {"saturated": counts[0], "underflowed": counts[1]}, xf.numel())
+            key, tensor_stats(amax_np, grid, {"saturated": counts[0], "underflowed": counts[1]}, xf.numel(), fmt)
         )
     return q, scale
 
