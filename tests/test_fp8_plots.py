@@ -63,3 +63,19 @@ def test_trace_explorer_redraws_on_each_control() -> None:
     assert float(ex.trace["fp8_max"]) == 57344.0 and len(ex.figure.data) == 3
     with pytest.raises(ValueError, match="at least one"):
         widgets.Fp8TraceExplorer([])
+
+
+def test_compare_recipes_finds_the_finer_grain_better_on_outliers() -> None:
+    from mpcourse.fp8.replay import compare_recipes
+
+    x = np.random.default_rng(0).normal(size=(128, 256)).astype(np.float32)
+    x[:, 7] *= 1e4  # one outlier channel
+    ordinary = np.ones_like(x, bool)
+    ordinary[:, 7] = False
+    rows = compare_recipes(
+        x, [fp8.CurrentScaling(fmt="e4m3"), fp8.RowwiseScaling(), fp8.BlockScaling()], where=ordinary
+    )
+    err = {r["recipe"]: r["error"] for r in rows}
+    under = {r["recipe"]: r["underflowed"] for r in rows}
+    assert err["block"] < err["rowwise"] < err["current"] and under["block"] < under["rowwise"] < under["current"]
+    assert [r["tiles"] for r in rows] == [1, 128, 256]

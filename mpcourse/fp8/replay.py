@@ -10,6 +10,7 @@ Usage::
     t = replay(fp8.DelayedScaling(history=4), steps)
     t["scale"], t["saturated"]       # the jump is cast with the old scale: 32 values saturate
     quantization_error(steps[3], fp8.CurrentScaling(), "input")   # relative RMS error of one cast
+    compare_recipes(x, [fp8.CurrentScaling(), fp8.MXScaling()])   # one row per recipe: error, counts
 
 ``replay`` does per step what an engine does per tensor: cast (:func:`~mpcourse.fp8.tiles.cast_operand`),
 then ``recipe.update()``. It works on a clone, so the recipe passed in is not changed.
@@ -25,7 +26,7 @@ from mpcourse.fp8.base import Fp8Recipe
 from mpcourse.fp8.cast import FP8_MAX, dequantize
 from mpcourse.fp8.tiles import cast_operand
 
-__all__ = ["replay", "quantization_error"]
+__all__ = ["replay", "quantization_error", "compare_recipes"]
 
 
 def _as_2d(x: np.ndarray) -> np.ndarray:
@@ -56,8 +57,8 @@ def replay(recipe: Fp8Recipe, tensors: Sequence[np.ndarray], role: str = "input"
     return out
 
 
-def _rel_rms(x: np.ndarray, x_hat: np.ndarray) -> float:
-    ok = np.isfinite(x)
+def _rel_rms(x: np.ndarray, x_hat: np.ndarray, where: np.ndarray | None = None) -> float:
+    ok = np.isfinite(x) if where is None else np.isfinite(x) & np.asarray(where, bool).reshape(x.shape)
     ref = float(np.sqrt(np.mean(np.square(x[ok], dtype=np.float64)))) if ok.any() else 0.0
     err = float(np.sqrt(np.mean(np.square((x_hat - x)[ok], dtype=np.float64)))) if ok.any() else 0.0
     return err / ref if ref > 0 else 0.0
@@ -68,3 +69,27 @@ def quantization_error(x: np.ndarray, recipe: Fp8Recipe, role: str = "input") ->
     x2 = _as_2d(x)
     q, s, _ = cast_operand(x2, recipe.clone(), "x", role)
     return _rel_rms(x2, dequantize(q, s))
+
+
+def compare_recipes(
+    x: np.ndarray, recipes: Sequence[Fp8Recipe], role: str = "input", where: np.ndarray | None = None
+) -> list[dict[str, object]]:
+    """One cast of ``x`` per recipe: ``{"recipe", "error", "underflowed", "saturated", "tiles"}``.
+
+    ``error`` is the relative RMS error over the entries selected by ``where`` (default: all),
+    e.g. the ordinary values of a tensor with outliers, which is where coarse scales hurt.
+    """
+    x2 = _as_2d(x)
+    rows: list[dict[str, object]] = []
+    for recipe in recipes:
+        q, s, stats = cast_operand(x2, recipe.clone(), "x", role)
+        rows.append(
+            {
+                "recipe": recipe.kind,
+                "error": _rel_rms(x2, dequantize(q, s), where),
+                "underflowed": stats["underflowed"],
+                "saturated": stats["saturated"],
+                "tiles": stats["tiles"],
+            }
+        )
+    return rows
