@@ -147,3 +147,12 @@ def test_mlx_fp8_is_never_compiled_and_eval_records_nothing(digits) -> None:
         eng.compiled = True
     eng.evaluate(digits)
     assert eng.fp8.recipe.state_dict()["tensors"] == {}
+
+
+def test_mlx_probe_between_steps_leaves_the_fp8_run_unchanged(digits) -> None:
+    a, b = engine("fp8", fp8=fp8.DelayedScaling(history=8)), engine("fp8", fp8=fp8.DelayedScaling(history=8))
+    ha = a.fit(digits, steps=3)
+    hb = b.fit(digits, steps=2)
+    mpc.debug.find_first_nonfinite(b, digits.x_train[:32] * 100, digits.y_train[:32])
+    hb.extend(b.fit(digits, steps=1))
+    assert [r.fp8 for r in ha] == [r.fp8 for r in hb] and [r.loss for r in ha] == [r.loss for r in hb]

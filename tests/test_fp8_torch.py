@@ -210,3 +210,13 @@ def test_fp8_state_from_another_recipe_is_refused(digits) -> None:
     with pytest.raises(ValueError, match="'history'"):
         b.load_state_dict(a.state_dict())
     assert all(torch.equal(p, q) for p, q in zip(before, b.model.parameters()))
+
+
+def test_a_probe_between_steps_leaves_the_fp8_run_unchanged(digits) -> None:
+    a, b = engine("fp8", fp8=fp8.DelayedScaling(history=8)), engine("fp8", fp8=fp8.DelayedScaling(history=8))
+    ha = a.fit(digits, steps=3)
+    hb = b.fit(digits, steps=2)
+    mpc.debug.find_first_nonfinite(b, digits.x_train[:32] * 100, digits.y_train[:32])  # a forward and backward
+    b.evaluate(digits)
+    hb.extend(b.fit(digits, steps=1))
+    assert [r.fp8 for r in ha] == [r.fp8 for r in hb] and [r.loss for r in ha] == [r.loss for r in hb]

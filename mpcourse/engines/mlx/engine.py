@@ -321,6 +321,8 @@ class MLXEngine(Engine):
         t0 = time.perf_counter()
         self._stale = True
         clipped = False
+        if self.fp8 is not None:
+            self.fp8.begin_step()  # this step's casts feed the fp8 recipe (a probe's do not)
         with mx.stream(self._device):
             if self.config.clip is None:
                 loss, norm, found_t = self._fused(xt, yt, scale_t, inv_t)

@@ -58,16 +58,24 @@ def round_fp8(y: mx.array, fmt: str) -> mx.array:
 class Fp8State:
     """What the converted layers of one model share: the recipe and the step's log."""
 
-    def __init__(self, recipe: Fp8Recipe) -> None:
+    def __init__(self, recipe: Fp8Recipe, *, always_record: bool = True) -> None:
         if not isinstance(recipe, Fp8Recipe):
             raise TypeError(f"recipe must be an mpcourse.fp8 recipe, got {recipe!r}")
         self.recipe = recipe
+        # An engine's state records only between begin_step() and end_step() (see the torch twin).
+        self.always_record = always_record
+        self.recording = always_record
         self.log: dict[str, dict[str, Any]] = {}
+
+    def begin_step(self) -> None:
+        """A training step starts: its casts feed the recipe and the log until :meth:`end_step`."""
+        self.recording = True
 
     def end_step(self) -> dict[str, dict[str, Any]]:
         """The step's per-tensor stats; advances the recipe (delayed scaling rolls its histories)."""
         self.recipe.update()
         log, self.log = self.log, {}
+        self.recording = self.always_record
         return log
 
 
@@ -86,6 +94,7 @@ def _tile_amax(x: mx.array, r: int, c: int) -> mx.array:
 def cast(x: mx.array, state: Fp8State, key: str, role: str, *, record: bool = True) -> mx.array:
     """The dequantized fp8 values ``q / scale`` of a K-major 2-D operand (float32)."""
     recipe, fmt = state.recipe, state.recipe.fmt(role)
+    record = record and state.recording
     xf = x.astype(mx.float32)
     rows, cols = xf.shape
     r, c = tile_size((rows, cols), recipe.tile(role))
@@ -209,4 +218,6 @@ def fp8_for_engine(model: nn.Module, config: Any) -> Fp8State | None:
     """The engine's hook: for ``precision="fp8"``, convert ``model`` in place and return its state."""
     if config.precision != "fp8":
         return None
-    return fp8_state_of(convert(model, config.fp8))
+    state = fp8_state_of(convert(model, config.fp8))
+    state.always_record = state.recording = False  # only the engine's training steps record
+    return state

@@ -234,6 +234,8 @@ class TorchEngine(Engine):
         sync(self.torch_device)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.fp8 is not None:
+            self.fp8.begin_step()  # this step's casts feed the fp8 recipe (a probe's do not)
         loss = self.forward_loss(xt, yt)
         scale_t, found_t, norm_t, clipped = self.backward_and_step(loss)
         # One device->host transfer for everything the record needs.

@@ -68,19 +68,28 @@ def scaled_mm_native(device: torch.device) -> bool:
 class Fp8State:
     """What the converted layers of one model share: the recipe, the matmul choice, the step's log."""
 
-    def __init__(self, recipe: Fp8Recipe, matmul: str = "auto") -> None:
+    def __init__(self, recipe: Fp8Recipe, matmul: str = "auto", *, always_record: bool = True) -> None:
         if not isinstance(recipe, Fp8Recipe):
             raise TypeError(f"recipe must be an mpcourse.fp8 recipe, got {recipe!r}")
         if matmul not in MATMULS:
             raise ValueError(f"matmul must be one of {', '.join(map(repr, MATMULS))}; got {matmul!r}")
         self.recipe, self.matmul = recipe, matmul
+        # An engine's state records only between begin_step() and end_step(), so a probe or an
+        # evaluation forward never feeds the recipe's history; convert()'s records every cast.
+        self.always_record = always_record
+        self.recording = always_record
         self.log: dict[str, dict[str, Any]] = {}
         self.paths: set[str] = set()  # which matmuls ran: "emulate", "scaled_mm"
+
+    def begin_step(self) -> None:
+        """A training step starts: its casts feed the recipe and the log until :meth:`end_step`."""
+        self.recording = True
 
     def end_step(self) -> dict[str, dict[str, Any]]:
         """The step's per-tensor stats; advances the recipe (delayed scaling rolls its histories)."""
         self.recipe.update()
         log, self.log = self.log, {}
+        self.recording = self.always_record
         return log
 
 
@@ -101,6 +110,7 @@ def cast(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cast one K-major 2-D operand: ``(q in float8, scale)``, the scale broadcastable to ``x``."""
     recipe, fmt = state.recipe, state.recipe.fmt(role)
+    record = record and state.recording
     xf = x.float()
     r, c = tile_size(tuple(xf.shape), recipe.tile(role))
     amax = _tile_amax(xf, r, c)
@@ -264,7 +274,9 @@ def fp8_for_engine(model: nn.Module, config: Any) -> Fp8State | None:
     """The engine's hook: for ``precision="fp8"``, convert ``model`` in place and return its state."""
     if config.precision != "fp8":
         return None
-    return fp8_state_of(convert(model, config.fp8))
+    state = fp8_state_of(convert(model, config.fp8))
+    state.always_record = state.recording = False  # only the engine's training steps record
+    return state
 
 
 def fp8_state_of(module: nn.Module) -> Fp8State:
