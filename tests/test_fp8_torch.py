@@ -220,3 +220,16 @@ def test_a_probe_between_steps_leaves_the_fp8_run_unchanged(digits) -> None:
     b.evaluate(digits)
     hb.extend(b.fit(digits, steps=1))
     assert [r.fp8 for r in ha] == [r.fp8 for r in hb] and [r.loss for r in ha] == [r.loss for r in hb]
+
+
+def test_switching_precision_into_and_out_of_fp8(digits) -> None:
+    from mpcourse import production as prod
+
+    eng = engine("bf16")
+    eng.fit(digits, steps=3)
+    into = prod.switch_precision(eng, "fp8")
+    assert into.config.fp8 == fp8.DelayedScaling() and into.fp8.recipe.state_dict()["tensors"] == {}
+    assert into.fit(digits, steps=2)[0].fp8["layers.0.input"]["scale"] == 1.0  # a fresh recipe
+    back = prod.switch_precision(into, "bf16")
+    assert back.fp8 is None and back.config.fp8 is None
+    assert np.isfinite(back.fit(digits, steps=2).losses).all()

@@ -389,13 +389,16 @@ class MLXEngine(Engine):
         master = _from_numpy(state["master"], self._master["params"], "master weights")
         opt = _from_numpy(state["optimizer"], self.optimizer.state, "optimizer state")
         buffers = _from_numpy(state["buffers"], tree_unflatten(self._buffers()), "buffers") if self._buffers() else None
-        if self.fp8 is not None:
-            if "fp8" not in state:
-                raise ValueError("state_dict has no fp8 recipe state but this engine trains in fp8")
-            self.fp8.recipe.clone().load_state_dict(state["fp8"])  # check before changing anything
+        # A state without fp8 recipe state (saved in another precision: a precision switch)
+        # starts the recipe afresh; an fp8 one is checked before anything changes.
+        fp8_state = state.get("fp8") if self.fp8 is not None else None
+        if fp8_state is not None:
+            self.fp8.recipe.clone().load_state_dict(fp8_state)
         self.scaler.load_state_dict(scaler)
         if self.fp8 is not None:
-            self.fp8.recipe.load_state_dict(state["fp8"])
+            self.fp8.recipe = self.fp8.recipe.clone()  # fresh, then the saved state where there is one
+            if fp8_state is not None:
+                self.fp8.recipe.load_state_dict(fp8_state)
         # In place, so the containers a compiled step captured stay the ones it reads.
         self._master["params"] = master
         self.optimizer.state.update(opt)

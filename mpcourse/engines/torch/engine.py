@@ -300,15 +300,18 @@ class TorchEngine(Engine):
                 f"state_dict has a {kind!r} loss scaler but this engine uses {mine!r}; "
                 f"build the engine with the same TrainConfig"
             )
-        if self.fp8 is not None:
-            if "fp8" not in state:
-                raise ValueError("state_dict has no fp8 recipe state but this engine trains in fp8")
-            self.fp8.recipe.clone().load_state_dict(state["fp8"])  # check before changing anything
+        # A state without fp8 recipe state (saved in another precision: a precision switch)
+        # starts the recipe afresh; an fp8 one is checked before anything changes.
+        fp8_state = state.get("fp8") if self.fp8 is not None else None
+        if fp8_state is not None:
+            self.fp8.recipe.clone().load_state_dict(fp8_state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaling.load_state_dict(scaler)
         if self.fp8 is not None:
-            self.fp8.recipe.load_state_dict(state["fp8"])
+            self.fp8.recipe = self.fp8.recipe.clone()  # fresh, then the saved state where there is one
+            if fp8_state is not None:
+                self.fp8.recipe.load_state_dict(fp8_state)
 
 
 def _to_cpu(obj: Any) -> Any:
