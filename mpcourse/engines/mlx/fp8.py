@@ -21,6 +21,10 @@ The layers are the torch twin's (``engines/torch/fp8.py``): ``y = deq(x) @ deq(w
 ``dx = deq(dy) @ deq(w.T).T``, ``dw = deq(dy.T) @ deq(x.T).T`` in fp32, through an
 ``mx.custom_function`` whose vjp casts the output gradient. The recipe's rule is numpy, so
 each cast evaluates its amax on the host: an FP8 step cannot be ``mx.compile``-d.
+
+One difference from the torch engine: the MLX engine computes with a bf16 copy of the fp32
+master weights (as for ``precision="bf16"``), so a weight is rounded to bf16 before its fp8
+cast, where torch casts from the fp32 master. Both are bit-exact fp8 casts of what they are given.
 """
 
 from __future__ import annotations
