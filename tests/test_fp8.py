@@ -252,3 +252,30 @@ def test_fp8_rules_import_without_frameworks_and_convert_says_what_it_needs() ->
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "No module named 'torch'" in r.stdout
+
+
+# --- properties ------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+FINITE = arrays(
+    np.float32,
+    st.tuples(st.integers(1, 9), st.integers(1, 70)),
+    elements=st.floats(-(2.0**100), 2.0**100, width=32, allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(FINITE, st.sampled_from(["current", "rowwise", "block", "mx_ceil"]), st.sampled_from(["input", "grad_output"]))
+def test_amax_based_recipes_never_saturate_a_finite_tensor(x: np.ndarray, kind: str, role: str) -> None:
+    recipe = {
+        "current": fp8.CurrentScaling(),
+        "rowwise": fp8.RowwiseScaling(fmt="hybrid"),
+        "block": fp8.BlockScaling(block=16, fmt="hybrid"),
+        "mx_ceil": fp8.MXScaling(block=8, fmt="hybrid", rounding="ceil"),
+    }[kind]
+    q, s, stats = cast_operand(x, recipe, "k", role)
+    assert stats["saturated"] == 0 and np.isfinite(q.astype(np.float32)).all()
+    # The amax lands within the format (and on its max for the non-power-of-two recipes).
+    assert stats["amax"] * stats["scale"] <= fp8.FP8_MAX[recipe.fmt(role)] * (1 + 2**-20) or stats["amax"] == 0
