@@ -233,3 +233,20 @@ def test_switching_precision_into_and_out_of_fp8(digits) -> None:
     back = prod.switch_precision(into, "bf16")
     assert back.fp8 is None and back.config.fp8 is None
     assert np.isfinite(back.fit(digits, steps=2).losses).all()
+
+
+@pytest.mark.skipif(not _scaled_mm_runs(), reason="torch._scaled_mm has no float8 kernel on this device")
+def test_auto_takes_scaled_mm_where_native_for_eligible_shapes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mpcourse.engines.torch.fp8 as tfp8
+
+    monkeypatch.setattr(tfp8, "scaled_mm_native", lambda device: True)  # pretend: an H100
+    x, g = torch.randn(32, 64), torch.randn(32, 16)
+    tensorwise = fp8.convert(mlp(), fp8.CurrentScaling())  # every dim a multiple of 16
+    run(tensorwise, x, g)
+    assert tensorwise.fp8_state.paths == {"scaled_mm"}
+    odd = fp8.convert(nn.Sequential(nn.Linear(64, 10)), fp8.CurrentScaling())  # 10 outputs
+    run(odd, x, torch.randn(32, 10))
+    assert odd.fp8_state.paths == {"emulate"}
+    rowwise = fp8.convert(mlp(), fp8.RowwiseScaling())  # per-row: emulated unless asked for
+    run(rowwise, x, g)
+    assert rowwise.fp8_state.paths == {"emulate"}

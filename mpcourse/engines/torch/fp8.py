@@ -26,8 +26,9 @@ The matmul (``matmul=``): ``"emulate"`` multiplies the dequantized values in fp3
 real, the FP8 tensor-core GEMM is emulated; bit-exact on any CPU); ``"scaled_mm"`` calls
 ``torch._scaled_mm`` on the fp8 tensors (per-tensor and per-row scales only; torch 2.13 runs it
 on the CPU too, as a reference kernel, not FP8 speed); ``"auto"`` (default) uses it on CUDA
-GPUs of compute capability >= 8.9 where the shapes allow (multiples of 16, not e5m2 x e5m2)
-and emulates everywhere else.
+GPUs of compute capability >= 8.9 for per-tensor scales where the shapes allow (multiples of
+16, not e5m2 x e5m2) and emulates everywhere else. The CUDA path is written but was not run
+here (no GPU): the CPU tests check ``_scaled_mm`` against the emulation.
 """
 
 from __future__ import annotations
@@ -159,9 +160,12 @@ def _use_scaled_mm(state: Fp8State, qa: torch.Tensor, sa: torch.Tensor, qb: torc
         if not (per_row and both):
             raise ValueError("matmul='scaled_mm' takes per-tensor or per-row scales only; use 'auto' for tiles")
         return True
-    native = scaled_mm_native(qa.device)
+    # "auto" takes the native kernel for per-tensor scales only: cuBLAS's row-wise FP8 GEMM wants a
+    # bf16 output, and no GPU was at hand to test that path (matmul="scaled_mm" asks for it).
+    per_tensor = sa.numel() == 1 and sb.numel() == 1
     shapes = all(d % 16 == 0 for d in (*qa.shape, qb.shape[0]))
-    return native and per_row and both and shapes and not (qa.dtype == qb.dtype == torch.float8_e5m2)
+    e5m2_both = qa.dtype == qb.dtype == torch.float8_e5m2  # no e5m2 x e5m2 FP8 GEMM on Hopper
+    return scaled_mm_native(qa.device) and per_tensor and shapes and not e5m2_both
 
 
 class _Fp8Matmul(torch.autograd.Function):
