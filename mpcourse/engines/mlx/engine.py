@@ -392,7 +392,7 @@ class MLXEngine(Engine):
         # A state without fp8 recipe state (saved in another precision: a precision switch)
         # starts the recipe afresh; an fp8 one is checked before anything changes.
         fp8_state = state.get("fp8") if self.fp8 is not None else None
-        if fp8_state is not None:
+        if self.fp8 is not None and fp8_state is not None:
             self.fp8.recipe.clone().load_state_dict(fp8_state)
         self.scaler.load_state_dict(scaler)
         if self.fp8 is not None:
