@@ -50,6 +50,7 @@ def test_doctor_checks_each_precision_for_real(capsys) -> None:
     out = capsys.readouterr().out
     for precision in ("fp32", "fp16", "bf16"):
         assert re.search(rf"torch:cpu\s+{precision}: ok \(loss \d\.\d+ -> \d\.\d+\)", out), out
+    assert re.search(r"torch:cpu\s+fp8: ok \(loss \d\.\d+ -> \d\.\d+\) \[matmul emulated\]", out), out
 
 
 def test_doctor_says_what_this_cpu_has_and_what_each_device_cannot_do(capsys, monkeypatch) -> None:

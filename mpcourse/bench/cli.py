@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backends", type=_csv(str), help="torch,mlx (default: every installed one)")
     p.add_argument("--devices", type=_csv(str), help="auto, or cpu,cuda,cuda:1,mps (torch) / cpu,gpu (mlx)")
-    p.add_argument("--precisions", type=_csv(str), help=f"from {','.join(PRECISIONS)} (default: all)")
+    p.add_argument(
+        "--precisions",
+        type=_csv(str),
+        help=f"from {','.join(PRECISIONS)} (default: all but fp8; fp8 is marked emulated where it is not native)",
+    )
     p.add_argument("--models", type=_csv(str), help="zoo names, name:large for the large size")
     p.add_argument("--batches", type=_csv(int), help="batch sizes, e.g. 128,512")
     p.add_argument("--widths", type=_csv(int), help="hidden widths for mlp/deep_mlp, e.g. 256,1024")

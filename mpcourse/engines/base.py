@@ -142,7 +142,7 @@ class Engine(ABC):
     @abstractmethod
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """One step on a numpy batch; returns loss, scale, grad_norm, found_inf, skipped,
-        seconds (device-synchronised) and clipped."""
+        seconds (device-synchronised), clipped and, under precision="fp8", the fp8 stats."""
 
     @abstractmethod
     def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -231,6 +231,7 @@ class Engine(ABC):
             samples=samples,
             clipped=bool(out.get("clipped", False)),
             epoch=self.epoch,
+            fp8=out.get("fp8"),
         )
 
     def fit(

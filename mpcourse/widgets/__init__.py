@@ -15,13 +15,15 @@ Usage (in a notebook; each object displays itself as its widget)::
     panel = widgets.LossScalingPanel(mpc.data.load("underflow"))
     panel                                  # loss-scaling sliders, a Train button, a live figure
     panel.init_scale.value = 2.0**20; panel.train()  # the same from Python
+    widgets.Fp8TraceExplorer(steps)        # fp8 recipe, history and margin; amax/scale traces redraw
 
 Every object keeps its widgets as attributes, so tests set values from Python. One module per
-widget family: ``inspector``, ``clipping``, ``panels``.
+widget family: ``inspector``, ``clipping``, ``panels``, ``fp8``.
 """
 
 from mpcourse.widgets.clipping import ClipExplorer
+from mpcourse.widgets.fp8 import Fp8TraceExplorer
 from mpcourse.widgets.inspector import HistoryInspector
 from mpcourse.widgets.panels import FormatExplorer, LossScalingPanel
 
-__all__ = ["HistoryInspector", "ClipExplorer", "FormatExplorer", "LossScalingPanel"]
+__all__ = ["HistoryInspector", "ClipExplorer", "FormatExplorer", "LossScalingPanel", "Fp8TraceExplorer"]

@@ -64,7 +64,8 @@ def _setup(target: Any, precision: str | None, scale: float | None, loss_fn: Any
 
 
 def _ctx(s: _Setup) -> Any:
-    return torch.autocast(s.device.type, dtype=DTYPES[s.precision], enabled=s.autocast)
+    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
+    return torch.autocast(s.device.type, dtype=dtype, enabled=s.autocast)
 
 
 @contextlib.contextmanager
