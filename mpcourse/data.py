@@ -22,7 +22,16 @@ import numpy as np
 
 from mpcourse._validate import positive_finite
 
-__all__ = ["Dataset", "load", "available", "register", "validate_xy", "underflow_batch_threshold"]
+__all__ = [
+    "Dataset",
+    "load",
+    "available",
+    "register",
+    "validate_xy",
+    "check_inputs",
+    "check_targets",
+    "underflow_batch_threshold",
+]
 
 
 @dataclass(frozen=True)
@@ -55,40 +64,102 @@ class Dataset:
 def validate_xy(x: Any, y: Any, *, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """Check features and labels before any training step touches a model.
 
-    Returns float32 ``x`` of shape ``(n, features)`` and int64 ``y`` of shape ``(n,)``.
+    Returns float32 ``x`` of shape ``(n, features)`` and int64 ``y`` of shape ``(n,)`` (the zoo's
+    flat classification models take these; :func:`check_inputs` and :func:`check_targets` keep
+    any shape, for models of your own).
 
     Raises:
-        ValueError: mismatched lengths, empty data, NaN/inf features, or labels that are not
-            non-negative integers. The message names what was found.
+        ValueError: mismatched lengths, empty data, NaN/inf or complex features, or labels that
+            are not non-negative integers (uint64 labels past int64's range included). The
+            message names what was found.
     """
-    x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim < 2:
-        raise ValueError(f"{what}: x must have shape (n, features), got shape {x.shape}")
+    if np.asarray(x).ndim < 2:
+        raise ValueError(f"{what}: x must have shape (n, features), got shape {np.asarray(x).shape}")
     if y.ndim != 1:
         raise ValueError(f"{what}: y must have shape (n,), got shape {y.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"{what}: x has {len(x)} samples but y has {len(y)}; they must match")
-    if len(x) == 0:
-        raise ValueError(f"{what}: no samples")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{what}: x must be numeric, got dtype {x.dtype}")
-    x = x.reshape(len(x), -1).astype(np.float32, copy=False)
+    x = check_inputs(x, what=what)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    x = x.reshape(len(x), -1)
+    return x, check_targets(y, len(x), what=what, labels=True)
+
+
+def check_inputs(x: Any, *, what: str = "data") -> np.ndarray:
+    """``x`` as a numpy array of any shape ``(n, ...)``: floats as float32, integers as int64.
+
+    Raises:
+        ValueError: no samples, a non-numeric or complex dtype, NaN/inf values (also values past
+            float32's range, which become inf), or integers outside int64's range.
+    """
+    x = np.asarray(x)
+    if x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"{what}: no samples (x has shape {x.shape}; it must be (n, ...) with n >= 1)")
+    if np.iscomplexobj(x):
+        raise ValueError(
+            f"{what}: x is complex ({x.dtype}); the engines train on real numbers: pass x.real, "
+            f"np.abs(x), or the real and imaginary parts as separate features"
+        )
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{what}: x must be numeric (float or integer), got dtype {x.dtype}; convert it with .astype")
+    if np.issubdtype(x.dtype, np.integer):
+        return _as_int64(x, what, "x")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+        first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
         raise ValueError(
             f"{what}: x contains {int(bad.sum())} NaN/inf values (first in sample "
-            f"{int(rows[0])}); clean or drop them before training"
+            f"{first}); clean or drop them before training (float32 holds magnitudes up to 3.4e38)"
         )
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"{what}: y must hold integer class labels, got dtype {y.dtype}")
-    if y.min() < 0:
+    return x
+
+
+def check_targets(y: Any, n: int, *, what: str = "data", labels: bool = True) -> np.ndarray:
+    """The targets ``y`` of ``n`` samples, checked.
+
+    ``labels=True`` (the default loss): non-negative integer class labels as int64, shape
+    ``(n, ...)`` (integral floats are accepted). ``labels=False`` (your own ``loss_fn``): any
+    real array of shape ``(n, ...)``, floats as float32 and integers as int64.
+
+    Raises:
+        ValueError: a length other than ``n``, a complex or non-numeric dtype, NaN/inf, and for
+            labels: negative or fractional values, or uint64 values past int64's range.
+    """
+    y = np.asarray(y)
+    if y.ndim < 1 or len(y) != n:
+        got = "a scalar" if y.ndim < 1 else f"{len(y)}"
+        raise ValueError(f"{what}: x has {n} samples but y has {got}; they must match")
+    if np.iscomplexobj(y) or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{what}: y must be real numbers (integer labels or float targets), got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.integer):
+        y = _as_int64(y, what, "y")
+    elif labels:
+        if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise ValueError(
+                f"{what}: y must hold integer class labels for the default loss, got dtype {y.dtype}; "
+                f"for regression targets pass your own loss_fn to make_engine"
+            )
+        y = y.astype(np.int64)
+    else:
+        with np.errstate(over="ignore"):
+            y = y.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"{what}: y contains NaN/inf values; clean or drop them before training")
+    if labels and y.min() < 0:
         raise ValueError(f"{what}: y must be >= 0, found {int(y.min())}")
-    return x, y.astype(np.int64, copy=False)
+    return y
+
+
+def _as_int64(a: np.ndarray, what: str, name: str) -> np.ndarray:
+    # uint64 values past 2**63 - 1 would wrap to negative numbers in int64: refuse them.
+    if a.dtype.kind == "u" and a.dtype.itemsize >= 8 and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(
+            f"{what}: {name} holds {int(a.max())} (dtype {a.dtype}), past int64's range "
+            f"(at most {np.iinfo(np.int64).max}); labels and token ids must be small non-negative integers"
+        )
+    return a.astype(np.int64, copy=False)
 
 
 def _digits(seed: int) -> Dataset:

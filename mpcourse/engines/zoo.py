@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["ZOO", "SIZES", "SPECS", "grid_side", "spec"]
+__all__ = ["ZOO", "SIZES", "SPECS", "TOKEN_MODELS", "grid_side", "spec", "flat_features"]
 
 ZOO: tuple[str, ...] = ("mlp", "deep_mlp", "cnn", "transformer", "lstm")
 SIZES: tuple[str, ...] = ("small", "large")
+TOKEN_MODELS: tuple[str, ...] = ()  # zoo models that take (n, T) integer token ids, not flat features
 
 SPECS: dict[str, dict[str, dict[str, Any]]] = {
     "mlp": {"small": {"hidden": (256, 256)}, "large": {"hidden": (4096, 4096, 4096)}},
@@ -52,3 +53,9 @@ def spec(name: str, size: str) -> dict[str, Any]:
     if size not in SPECS[name]:
         raise ValueError(f"unknown size {size!r}; allowed: {', '.join(map(repr, SIZES))}")
     return dict(SPECS[name][size])
+
+
+def flat_features(name: str, num_features: int) -> int | None:
+    """The flat input width zoo model ``name`` takes (every sample viewed as that many floats),
+    or None for a token model, which takes ``(n, T)`` integer ids with ``T <= num_features``."""
+    return None if name in TOKEN_MODELS else num_features
