@@ -30,14 +30,7 @@ import numpy as np
 from mpcourse._validate import check_choice
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
-from mpcourse.engines.batches import (
-    ArrayData,
-    check_batch_size,
-    check_label_fit,
-    check_loss_value,
-    check_xy,
-    read_data,
-)
+from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, check_loss_value, read_data
 from mpcourse.history import History, StepRecord
 
 __all__ = [
@@ -139,11 +132,11 @@ class Engine(ABC):
         predictions (else 0) on a numpy batch, without training."""
 
     @abstractmethod
-    def _probe_outputs(self, x: np.ndarray) -> Any:
+    def probe_outputs(self, x: np.ndarray) -> Any:
         """The model's outputs for ``x`` (a framework array), with nothing changed: no grad, eval mode."""
 
     @abstractmethod
-    def _embedding_rows(self) -> list[int]:
+    def embedding_rows(self) -> list[int]:
         """The row counts of the model's embedding tables (empty without one)."""
 
     @abstractmethod
@@ -198,31 +191,7 @@ class Engine(ABC):
         indexes out of bounds. (Your ``loss_fn`` is checked on the first step, before the
         backward pass: :meth:`checked_loss`.)
         """
-        what, labels = f"{split} data", self.user_loss_fn is None
-        x, y = check_xy(x, y, what=what, labels=labels, flat_features=self.flat_features)
-        rows = self._embedding_rows() if x.dtype.kind == "i" else []
-        if rows and (x.min() < 0 or x.max() >= max(rows)):
-            bad = int(x.min()) if x.min() < 0 else int(x.max())
-            raise ValueError(
-                f"{what}: x holds token id {bad} but the model's largest embedding has {max(rows)} rows, "
-                f"so ids must be in [0, {max(rows)}): give the embedding more rows, or fix the ids"
-            )
-        if self.output_shape is None:
-            probe = slice(0, self.config.batch_size)
-            try:
-                out = self._probe_outputs(x[probe])
-            except Exception as err:
-                raise ValueError(
-                    f"{what}: the model cannot take inputs of shape {tuple(x[probe].shape)} and dtype "
-                    f"{x.dtype} ({type(err).__name__}: {err}); pass data shaped as the model expects"
-                ) from err
-            shape = (len(x[probe]), *(int(s) for s in out.shape[1:]))
-            if labels:
-                check_label_fit(y[probe], shape, what=what)
-            self.output_shape = shape[1:]
-        if labels:
-            check_label_fit(y, (len(y), *y.shape[1:], self.output_shape[-1]), what=what)
-        return x, y
+        return check_for_model(self, x, y, split)
 
     def call_loss(self, outputs: Any, targets: Any, *, check: bool) -> Any:
         """``loss_fn(outputs, targets)``; with ``check``, a ValueError naming loss_fn unless it

@@ -50,6 +50,7 @@ __all__ = [
     "check_xy",
     "check_label_fit",
     "check_loss_value",
+    "check_for_model",
     "set_epoch",
 ]
 
@@ -129,6 +130,36 @@ def check_loss_value(value: Any) -> None:
             f"loss_fn must return a scalar (a 0-d tensor), but it returned shape {tuple(shape)}: "
             f"reduce it over the batch, e.g. with .mean()"
         )
+
+
+def check_for_model(engine: Any, x: Any, y: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Engine.check_batch <mpcourse.engines.base.Engine.check_batch>`: the checks, the probe
+    forward pass (``engine.probe_outputs``) on the first call, and the labels against its width."""
+    what, labels = f"{split} data", engine.user_loss_fn is None
+    x, y = check_xy(x, y, what=what, labels=labels, flat_features=engine.flat_features)
+    rows = engine.embedding_rows() if x.dtype.kind == "i" else []
+    if rows and (x.min() < 0 or x.max() >= max(rows)):
+        bad = int(x.min()) if x.min() < 0 else int(x.max())
+        raise ValueError(
+            f"{what}: x holds token id {bad} but the model's largest embedding has {max(rows)} rows, "
+            f"so ids must be in [0, {max(rows)}): give the embedding more rows, or fix the ids"
+        )
+    if engine.output_shape is None:
+        probe = slice(0, engine.config.batch_size)
+        try:
+            out = engine.probe_outputs(x[probe])
+        except Exception as err:
+            raise ValueError(
+                f"{what}: the model cannot take inputs of shape {tuple(x[probe].shape)} and dtype "
+                f"{x.dtype} ({type(err).__name__}: {err}); pass data shaped as the model expects"
+            ) from err
+        shape = (len(x[probe]), *(int(s) for s in out.shape[1:]))
+        if labels:
+            check_label_fit(y[probe], shape, what=what)
+        engine.output_shape = shape[1:]
+    if labels:
+        check_label_fit(y, (len(y), *y.shape[1:], engine.output_shape[-1]), what=what)
+    return x, y
 
 
 def set_epoch(data: Any, epoch: int) -> None:

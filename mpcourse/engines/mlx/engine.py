@@ -373,7 +373,7 @@ class MLXEngine(Engine):
         finally:
             model.train(was)
 
-    def _probe_outputs(self, x: np.ndarray) -> mx.array:
+    def probe_outputs(self, x: np.ndarray) -> mx.array:
         model = self.model
         was = model.training
         model.eval()  # eval mode: BatchNorm's running statistics stay as they are
@@ -385,7 +385,7 @@ class MLXEngine(Engine):
         finally:
             model.train(was)
 
-    def _embedding_rows(self) -> list[int]:
+    def embedding_rows(self) -> list[int]:
         return [int(m.weight.shape[0]) for _, m in self._model.named_modules() if isinstance(m, nn.Embedding)]
 
     # --- state ------------------------------------------------------------------------------

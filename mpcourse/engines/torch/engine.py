@@ -299,7 +299,7 @@ class TorchEngine(Engine):
             self.model.train(was)
 
     @torch.no_grad()
-    def _probe_outputs(self, x: np.ndarray) -> torch.Tensor:
+    def probe_outputs(self, x: np.ndarray) -> torch.Tensor:
         was = self.model.training
         self.model.eval()  # eval mode: BatchNorm's running statistics stay as they are
         try:
@@ -308,7 +308,7 @@ class TorchEngine(Engine):
         finally:
             self.model.train(was)
 
-    def _embedding_rows(self) -> list[int]:
+    def embedding_rows(self) -> list[int]:
         return [m.num_embeddings for m in self.model.modules() if isinstance(m, nn.Embedding)]
 
     # --- state ------------------------------------------------------------------------------
