@@ -9,11 +9,16 @@ Usage::
     ds = mpc.data.load("synthetic", seed=0)   # 784 inputs, 10 classes, Gaussian class clusters
     ds = mpc.data.load("underflow")           # digits with a loss in small units: fp16 needs scaling
     ds.meta["loss_weight"]                     # 2**-20: train on loss_weight * cross-entropy
+    ds = mpc.data.load("text")                # the standard library's own source, as characters:
+    ds.x_train.shape, ds.num_classes           #   ((n, 64) int64 ids, 96); y = x shifted by one
+    mpc.data.decode(ds.x_train[0])             # back to text
     mpc.data.available()                       # the names load() accepts
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +29,10 @@ from mpcourse._validate import positive_finite
 
 __all__ = [
     "Dataset",
+    "TEXT_FILES",
+    "TEXT_VOCAB",
+    "encode",
+    "decode",
     "load",
     "available",
     "register",
@@ -36,9 +45,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification task as float32 features and int64 labels, split into train and test.
+    """A task as numpy arrays, split into train and test.
 
-    ``x_*`` has shape ``(n, features)``; image-like models reshape it themselves.
+    Classification tasks: float32 ``x_*`` of shape ``(n, features)`` (image-like models reshape
+    it themselves) and int64 labels ``(n,)``. The text task: int64 character ids ``(n, T)`` and
+    next-character targets ``(n, T)``; ``num_classes`` is then the vocabulary.
     """
 
     name: str
@@ -251,7 +262,82 @@ def underflow_batch_threshold(loss_weight: float) -> int:
     return int(np.ceil(float(loss_weight) / 2.0**-25))
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits, "synthetic": _synthetic, "underflow": _underflow}
+# The text task: a fixed list of the standard library's own sources, read from this interpreter.
+TEXT_FILES: tuple[str, ...] = (
+    "abc.py",
+    "bisect.py",
+    "copy.py",
+    "heapq.py",
+    "operator.py",
+    "string.py",
+    "textwrap.py",
+    "contextlib.py",
+    "fractions.py",
+    "random.py",
+    "functools.py",
+    "statistics.py",
+    "dataclasses.py",
+)
+# 96 characters: newline and printable ASCII. Anything else (a tab, a non-ASCII letter) reads as "?".
+TEXT_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+def encode(text: str) -> np.ndarray:
+    """Character ids (int64) in :data:`TEXT_VOCAB`; characters outside it become ``"?"``."""
+    table = np.full(0x110000 if any(ord(c) > 255 for c in text) else 256, TEXT_VOCAB.index("?"), dtype=np.int64)
+    table[[ord(c) for c in TEXT_VOCAB]] = np.arange(len(TEXT_VOCAB))
+    return table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+
+
+def decode(ids: Any) -> str:
+    """The text of character ids in :data:`TEXT_VOCAB` (the inverse of :func:`encode`)."""
+    return "".join(TEXT_VOCAB[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+def _text(seed: int, block: int = 64, test_fraction: float = 0.1) -> Dataset:
+    # Non-overlapping windows of `block` characters; the target is the window shifted by one.
+    # The first 90% of the concatenated files train, the last 10% test (no window crosses).
+    # seed shifts every window by seed % block characters.
+    import sysconfig
+
+    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+        raise ValueError(f"block must be an int >= 2, got {block!r}")
+    root = sysconfig.get_paths()["stdlib"]
+    parts = []
+    for name in TEXT_FILES:
+        try:
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                parts.append(f.read())
+        except OSError as err:
+            raise ValueError(f"text dataset: {name} is not in this Python's standard library ({root})") from err
+    ids = encode("".join(parts))
+    cut = int(len(ids) * (1 - test_fraction))
+
+    def windows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = a[seed % block :]
+        n = (len(a) - 1) // block
+        return a[: n * block].reshape(n, block), a[1 : n * block + 1].reshape(n, block)
+
+    (x_tr, y_tr), (x_te, y_te) = windows(ids[:cut]), windows(ids[cut:])
+    return Dataset(
+        "text",
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        len(TEXT_VOCAB),
+        f"characters of {len(TEXT_FILES)} Python {sys.version_info[0]}.{sys.version_info[1]} standard-library "
+        f"sources, windows of {block}, next-character targets",
+        {"vocab": TEXT_VOCAB, "files": TEXT_FILES, "root": root, "chars": len(ids), "block": block},
+    )
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "underflow": _underflow,
+    "text": _text,
+}
 
 
 def register(name: str, loader: Callable[..., Dataset]) -> None:
@@ -268,11 +354,15 @@ def load(name: str = "digits", seed: int = 0, **options: Any) -> Dataset:
     """Load a dataset by name, deterministically for a given seed.
 
     Args:
-        name: one of :func:`available` (``"digits"``, ``"synthetic"``, ``"underflow"``, ...).
+        name: one of :func:`available` (``"digits"``, ``"synthetic"``, ``"underflow"``, ``"text"``).
             Default ``"digits"``. ``"underflow"`` is the digits task meant to be trained on
             ``meta["loss_weight"] * cross-entropy`` (see :func:`mpcourse.engines.losses.cross_entropy`).
-        seed: the split (digits) or the generated data (synthetic). Default 0.
-        **options: loader-specific, e.g. ``n_train=...`` for synthetic.
+        seed: the split (digits), the generated data (synthetic), or the windows' offset
+            (text: ``seed % block`` characters). Default 0.
+        **options: loader-specific, e.g. ``n_train=...`` for synthetic, ``block=64`` (the
+            window length) for text. ``"text"`` reads :data:`TEXT_FILES` from the running
+            interpreter's standard library: no download, the same on every machine with that
+            Python version.
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
