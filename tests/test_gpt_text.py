@@ -65,7 +65,7 @@ def test_the_gpt_twins_share_parameter_names_and_outputs() -> None:
     tm.scale_qk_(300.0)
     mm = mlx_build("gpt", num_features=64, num_classes=96)
     load_torch_state(mm, tm.state_dict())
-    ta, ma = tm.attention_absmax(torch.from_numpy(x)), mm.attention_absmax(mx.array(x))
+    ta, ma = tm.attention_max(torch.from_numpy(x)), mm.attention_max(mx.array(x))
     assert math.isclose(ta, ma, rel_tol=1e-4) and ta > 1000
 
 
@@ -105,7 +105,7 @@ def test_fp16_attention_overflow_is_measured_and_fixed(backend: str) -> None:
 
     below, above = gpt_fp16.score_sweep(backend, gains=(300, 400))
     # The largest |q.k| in fp32, and whether an fp16 forward survives it: the line is 65504.
-    assert below["absmax"] < gpt_fp16.FP16_MAX < above["absmax"]
+    assert below["max_score"] < gpt_fp16.FP16_MAX < above["max_score"]
     assert np.isfinite(below["fp16_loss"]) and np.isnan(above["fp16_loss"])
     assert np.isfinite(above["bf16_loss"])
     res = gpt_fp16.compare(backend, gain=400, steps=6)

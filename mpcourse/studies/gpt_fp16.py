@@ -9,7 +9,7 @@ Usage::
     res["fp16"]["skipped"], res["fp16"]["final_scale"]      # every step skipped, scale halving
 
 The zoo's ``gpt`` computes attention as nanoGPT does, ``(q @ k^T) * (1/sqrt(head_dim))``. Under
-fp16 the product is an fp16 matmul, so once one ``|q . k|`` passes fp16's largest value, 65504,
+fp16 the product is an fp16 matmul, so once one ``q . k`` passes fp16's largest value, 65504,
 that score is inf, its softmax row is nan, and so is the loss. This is the forward pass: loss
 scaling multiplies the loss *after* it, so a dynamic scaler only sees a non-finite step, skips
 it and halves its scale, every step. Two fixes: bf16 (the range of fp32: max 3.4e38), or an
@@ -54,24 +54,24 @@ def gpt_model(backend: str, data: Dataset, gain: float = 1.0, attn_fp32: bool = 
     return model.scale_qk_(gain)
 
 
-def _absmax(backend: str, model: Any, x: np.ndarray) -> float:
-    return float(model.attention_absmax(x))  # each twin converts numpy ids itself
+def _max_score(backend: str, model: Any, x: np.ndarray) -> float:
+    return float(model.attention_max(x))  # each twin converts numpy ids itself
 
 
 def score_sweep(
     backend: str = "torch", gains: tuple[float, ...] = (1, 100, 200, 300, 400, 600), batch: int = 8
 ) -> list[dict[str, float]]:
-    """For each gain: the largest ``|q . k|`` (fp32) and the fp16 and bf16 losses of one batch.
+    """For each gain: the largest ``q . k`` (fp32) and the fp16 and bf16 losses of one batch.
 
-    Returns a list of ``{"gain", "absmax", "fp16_loss", "bf16_loss"}``; the fp16 loss turns nan
-    where ``absmax`` passes 65504.
+    Returns a list of ``{"gain", "max_score", "fp16_loss", "bf16_loss"}``; the fp16 loss turns nan
+    where ``max_score`` passes 65504.
     """
     data = load("text")
     x, y = data.x_train[:batch], data.y_train[:batch]
     rows = []
     for g in gains:
         model = gpt_model(backend, data, g)
-        row = {"gain": float(g), "absmax": _absmax(backend, model, x)}
+        row = {"gain": float(g), "max_score": _max_score(backend, model, x)}
         for prec in ("fp16", "bf16"):
             eng = make_engine(backend, model, TrainConfig(precision=prec), device="cpu", verbose=False)
             row[f"{prec}_loss"] = eng.evaluate((x, y))["loss"]
@@ -90,7 +90,7 @@ def compare(
 
     fp16 runs with dynamic loss scaling (GradScaler's defaults). Returns, per variant: the
     losses, the number of skipped steps, the first and final loss scale, and the largest
-    ``|q . k|`` at the start.
+    ``q . k`` at the start.
     """
     data = load("text")
     out: dict[str, dict[str, Any]] = {}
@@ -103,13 +103,13 @@ def compare(
             batch_size=batch_size,
         )
         eng = make_engine(backend, model, cfg, device="cpu", verbose=False)
-        absmax = _absmax(backend, model, data.x_train[:batch_size])
+        max_score = _max_score(backend, model, data.x_train[:batch_size])
         hist = eng.fit(data, steps=steps, progress=False)
         out[name] = {
             "losses": [float(v) for v in hist.losses],
             "skipped": int(hist.skipped_steps),
             "first_scale": float(hist.scales[0]),
             "final_scale": float(eng.scale),
-            "absmax": absmax,
+            "max_score": max_score,
         }
     return out

@@ -234,18 +234,18 @@ class GPT(nn.Module):
         mx.eval(self.parameters())
         return self
 
-    def attention_absmax(self, x: Any) -> float:
-        """The largest ``|q . k|`` over every block's causal scores for token ids ``x`` (an array or
-        numpy), in fp32 (as the torch twin)."""
+    def attention_max(self, x: Any) -> float:
+        """The largest ``q . k`` over every block's causal scores for token ids ``x`` (an array or
+        numpy), in fp32 (as the torch twin: the signed maximum, what breaks an fp16 forward)."""
         x = mx.array(np.asarray(x, dtype=np.int32)) if not isinstance(x, mx.array) else x
         t = x.shape[1]
         causal = mx.tril(mx.ones((t, t), dtype=mx.bool_))
         h = (self.tok(x) + self.pos(mx.arange(t))).astype(mx.float32)
-        top = 0.0
+        top = float("-inf")
         for blk in self.blocks:
             att, _ = blk.attn.scores(blk.norm1(h))
             raw = att.astype(mx.float32) * math.sqrt(blk.attn.proj.weight.shape[1] // blk.attn.heads)
-            top = max(top, cast(float, mx.max(mx.where(causal, mx.abs(raw), 0.0)).item()))
+            top = max(top, cast(float, mx.max(mx.where(causal, raw, -mx.inf)).item()))
             h = blk(h)
         return top
 

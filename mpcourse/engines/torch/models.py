@@ -267,20 +267,21 @@ class GPT(nn.Module):
         return self
 
     @torch.no_grad()
-    def attention_absmax(self, x: Any) -> float:
-        """The largest ``|q . k|`` over every block's causal (unmasked) scores for token ids ``x``
-        (a tensor or numpy), computed in fp32 before the ``1/sqrt(head_dim)`` factor: the number an
-        fp16 matmul must hold (at most 65504)."""
+    def attention_max(self, x: Any) -> float:
+        """The largest ``q . k`` over every block's causal (unmasked) scores for token ids ``x``
+        (a tensor or numpy), computed in fp32 before the ``1/sqrt(head_dim)`` factor: what an fp16
+        matmul must hold. Past 65504 it is +inf and its softmax row nan (a score below -65504
+        only becomes -inf, a zero weight, so the signed maximum is what breaks the forward)."""
         x = torch.as_tensor(x, device=self.head.weight.device)
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         with torch.autocast(x.device.type, enabled=False):
             h = (self.tok(x) + self.pos(torch.arange(t, device=x.device))).float()
-            top = 0.0
+            top = float("-inf")
             for blk in self.layers():
                 att, _ = blk.attn.scores(blk.norm1(h))
                 raw = att.float() * math.sqrt(blk.attn.proj.in_features // blk.attn.heads)
-                top = max(top, float(raw.abs().masked_fill(~causal, 0).max()))
+                top = max(top, float(raw.masked_fill(~causal, float("-inf")).max()))
                 h = blk(h)
         return top
 
