@@ -297,6 +297,9 @@ def test_a_list_and_a_generator_function_are_batches(backend: str) -> None:
         b.fit([], epochs=1)
     with pytest.raises(TypeError, match=r"batch 0 is a dict, not an \(x, y\) pair"):
         b.fit([{"x": 1}], epochs=1)
+    for kind in ({"x": X64}, X64, "text"):
+        with pytest.raises(TypeError, match="data must be an mpcourse Dataset, an \\(x, y\\) pair"):
+            b.fit(kind, epochs=1)
 
 
 def seeded_stream(data: list) -> object:  # type: ignore[type-arg]

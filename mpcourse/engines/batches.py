@@ -33,7 +33,7 @@ Three kinds of data, and what a restored engine (``load_state_dict``) continues 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,7 +234,7 @@ def read_data(data: Any, split: str = "train") -> ArrayData | BatchStream:
         return ArrayData(x, y)
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_pair(data[0]):
         return ArrayData(*data)
-    if isinstance(data, np.ndarray) or isinstance(data, (str, bytes)):
+    if isinstance(data, (np.ndarray, str, bytes, Mapping)):
         raise TypeError(_KINDS.format(kind=type(data).__name__))
     if isinstance(data, Iterator):
         raise TypeError(_ONE_SHOT.format(kind=type(data).__name__))
