@@ -30,7 +30,7 @@ import numpy as np
 from mpcourse._validate import check_choice
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
-from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, check_loss_value, read_data
+from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, checked_loss, read_data
 from mpcourse.history import History, StepRecord
 
 __all__ = [
@@ -189,25 +189,14 @@ class Engine(ABC):
         The first call runs the model forward once (no gradient, eval mode) to read its real
         output width; labels are checked against that width on every call, so no engine
         indexes out of bounds. (Your ``loss_fn`` is checked on the first step, before the
-        backward pass: :meth:`checked_loss`.)
+        backward pass: :meth:`call_loss`.)
         """
         return check_for_model(self, x, y, split)
 
     def call_loss(self, outputs: Any, targets: Any, *, check: bool) -> Any:
-        """``loss_fn(outputs, targets)``; with ``check``, a ValueError naming loss_fn unless it
-        returns a 0-d array. The engines check the first step (before its backward pass, so a
-        refused step changes nothing) and every evaluation."""
-        if not check:
-            return self.loss_fn(outputs, targets)
-        try:
-            value = self.loss_fn(outputs, targets)
-        except Exception as err:
-            raise ValueError(
-                f"loss_fn(outputs of shape {tuple(outputs.shape)}, targets of shape {tuple(targets.shape)}) "
-                f"raised {type(err).__name__}: {err}"
-            ) from err
-        check_loss_value(value)
-        return value
+        """``loss_fn(outputs, targets)``; with ``check`` (the first step, before its backward pass,
+        and every evaluation), :func:`~mpcourse.engines.batches.checked_loss`."""
+        return checked_loss(self.loss_fn, outputs, targets) if check else self.loss_fn(outputs, targets)
 
     def is_labels(self, y: np.ndarray) -> bool:
         """Whether targets ``y`` are class labels for the model's outputs (then accuracy is defined)."""

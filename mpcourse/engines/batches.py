@@ -50,6 +50,7 @@ __all__ = [
     "check_xy",
     "check_label_fit",
     "check_loss_value",
+    "checked_loss",
     "check_for_model",
     "set_epoch",
 ]
@@ -160,6 +161,20 @@ def check_for_model(engine: Any, x: Any, y: Any, split: str) -> tuple[np.ndarray
     if labels:
         check_label_fit(y, (len(y), *y.shape[1:], engine.output_shape[-1]), what=what)
     return x, y
+
+
+def checked_loss(loss_fn: Any, outputs: Any, targets: Any) -> Any:
+    """``loss_fn(outputs, targets)``, or a ValueError naming loss_fn: when it raises, or returns
+    anything but a 0-d array (:func:`check_loss_value`)."""
+    try:
+        value = loss_fn(outputs, targets)
+    except Exception as err:
+        raise ValueError(
+            f"loss_fn(outputs of shape {tuple(outputs.shape)}, targets of shape {tuple(targets.shape)}) "
+            f"raised {type(err).__name__}: {err}"
+        ) from err
+    check_loss_value(value)
+    return value
 
 
 def set_epoch(data: Any, epoch: int) -> None:
