@@ -284,9 +284,10 @@ TEXT_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 
 def encode(text: str) -> np.ndarray:
     """Character ids (int64) in :data:`TEXT_VOCAB`; characters outside it become ``"?"``."""
-    table = np.full(0x110000 if any(ord(c) > 255 for c in text) else 256, TEXT_VOCAB.index("?"), dtype=np.int64)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = np.full(max(int(codes.max(initial=0)) + 1, 128), TEXT_VOCAB.index("?"), dtype=np.uint8)
     table[[ord(c) for c in TEXT_VOCAB]] = np.arange(len(TEXT_VOCAB))
-    return table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+    return table[codes].astype(np.int64)
 
 
 def decode(ids: Any) -> str:
