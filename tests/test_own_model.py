@@ -362,3 +362,24 @@ def test_a_torch_dataloader_trains_and_resumes_exactly_with_a_seeded_sampler() -
     shuffled = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     assert len(make("torch", linear("torch", 64, 10)).fit(shuffled, epochs=2)) == 8
     assert set(b.evaluate(DataLoader(ds, batch_size=100))) == {"loss", "accuracy"}
+
+
+@pytest.mark.skipif(missing_reason("mlx") is not None, reason=str(missing_reason("mlx")))
+def test_the_issues_mlx_crash_case_runs_to_a_clean_refusal_in_a_fresh_interpreter() -> None:
+    # Before: rc 134/139 ("double free or corruption") or silent garbage. Now: a ValueError, rc 0.
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, mlx.nn, mpcourse as mpc\n"
+        "x = np.random.default_rng(0).random((256, 64), dtype=np.float32); y = np.arange(256) % 10\n"
+        "eng = mpc.make_engine('mlx', mlx.nn.Linear(64, 5), mpc.TrainConfig(), device='cpu', verbose=False)\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        eng.fit((x, y), steps=3)\n"
+        "    except ValueError as err:\n"
+        "        print('refused:', err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("refused: train data has label 9 but the model has 5 outputs") == 2
