@@ -9,11 +9,16 @@ Usage::
     ds = mpc.data.load("synthetic", seed=0)   # 784 inputs, 10 classes, Gaussian class clusters
     ds = mpc.data.load("underflow")           # digits with a loss in small units: fp16 needs scaling
     ds.meta["loss_weight"]                     # 2**-20: train on loss_weight * cross-entropy
+    ds = mpc.data.load("text")                # the standard library's own source, as characters:
+    ds.x_train.shape, ds.num_classes           #   ((n, 64) int64 ids, 96); y = x shifted by one
+    mpc.data.decode(ds.x_train[0])             # back to text
     mpc.data.available()                       # the names load() accepts
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +27,29 @@ import numpy as np
 
 from mpcourse._validate import positive_finite
 
-__all__ = ["Dataset", "load", "available", "register", "validate_xy", "underflow_batch_threshold"]
+__all__ = [
+    "Dataset",
+    "TEXT_FILES",
+    "TEXT_VOCAB",
+    "encode",
+    "decode",
+    "load",
+    "available",
+    "register",
+    "validate_xy",
+    "check_inputs",
+    "check_targets",
+    "underflow_batch_threshold",
+]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification task as float32 features and int64 labels, split into train and test.
+    """A task as numpy arrays, split into train and test.
 
-    ``x_*`` has shape ``(n, features)``; image-like models reshape it themselves.
+    Classification tasks: float32 ``x_*`` of shape ``(n, features)`` (image-like models reshape
+    it themselves) and int64 labels ``(n,)``. The text task: int64 character ids ``(n, T)`` and
+    next-character targets ``(n, T)``; ``num_classes`` is then the vocabulary.
     """
 
     name: str
@@ -55,40 +75,102 @@ class Dataset:
 def validate_xy(x: Any, y: Any, *, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """Check features and labels before any training step touches a model.
 
-    Returns float32 ``x`` of shape ``(n, features)`` and int64 ``y`` of shape ``(n,)``.
+    Returns float32 ``x`` of shape ``(n, features)`` and int64 ``y`` of shape ``(n,)`` (the zoo's
+    flat classification models take these; :func:`check_inputs` and :func:`check_targets` keep
+    any shape, for models of your own).
 
     Raises:
-        ValueError: mismatched lengths, empty data, NaN/inf features, or labels that are not
-            non-negative integers. The message names what was found.
+        ValueError: mismatched lengths, empty data, NaN/inf or complex features, or labels that
+            are not non-negative integers (uint64 labels past int64's range included). The
+            message names what was found.
     """
-    x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim < 2:
-        raise ValueError(f"{what}: x must have shape (n, features), got shape {x.shape}")
+    if np.asarray(x).ndim < 2:
+        raise ValueError(f"{what}: x must have shape (n, features), got shape {np.asarray(x).shape}")
     if y.ndim != 1:
         raise ValueError(f"{what}: y must have shape (n,), got shape {y.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"{what}: x has {len(x)} samples but y has {len(y)}; they must match")
-    if len(x) == 0:
-        raise ValueError(f"{what}: no samples")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{what}: x must be numeric, got dtype {x.dtype}")
-    x = x.reshape(len(x), -1).astype(np.float32, copy=False)
+    x = check_inputs(x, what=what)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    x = x.reshape(len(x), -1)
+    return x, check_targets(y, len(x), what=what, labels=True)
+
+
+def check_inputs(x: Any, *, what: str = "data") -> np.ndarray:
+    """``x`` as a numpy array of any shape ``(n, ...)``: floats as float32, integers as int64.
+
+    Raises:
+        ValueError: no samples, a non-numeric or complex dtype, NaN/inf values (also values past
+            float32's range, which become inf), or integers outside int64's range.
+    """
+    x = np.asarray(x)
+    if x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"{what}: no samples (x has shape {x.shape}; it must be (n, ...) with n >= 1)")
+    if np.iscomplexobj(x):
+        raise ValueError(
+            f"{what}: x is complex ({x.dtype}); the engines train on real numbers: pass x.real, "
+            f"np.abs(x), or the real and imaginary parts as separate features"
+        )
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{what}: x must be numeric (float or integer), got dtype {x.dtype}; convert it with .astype")
+    if np.issubdtype(x.dtype, np.integer):
+        return _as_int64(x, what, "x")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+        first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
         raise ValueError(
             f"{what}: x contains {int(bad.sum())} NaN/inf values (first in sample "
-            f"{int(rows[0])}); clean or drop them before training"
+            f"{first}); clean or drop them before training (float32 holds magnitudes up to 3.4e38)"
         )
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"{what}: y must hold integer class labels, got dtype {y.dtype}")
-    if y.min() < 0:
+    return x
+
+
+def check_targets(y: Any, n: int, *, what: str = "data", labels: bool = True) -> np.ndarray:
+    """The targets ``y`` of ``n`` samples, checked.
+
+    ``labels=True`` (the default loss): non-negative integer class labels as int64, shape
+    ``(n, ...)`` (integral floats are accepted). ``labels=False`` (your own ``loss_fn``): any
+    real array of shape ``(n, ...)``, floats as float32 and integers as int64.
+
+    Raises:
+        ValueError: a length other than ``n``, a complex or non-numeric dtype, NaN/inf, and for
+            labels: negative or fractional values, or uint64 values past int64's range.
+    """
+    y = np.asarray(y)
+    if y.ndim < 1 or len(y) != n:
+        got = "a scalar" if y.ndim < 1 else f"{len(y)}"
+        raise ValueError(f"{what}: x has {n} samples but y has {got}; they must match")
+    if np.iscomplexobj(y) or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{what}: y must be real numbers (integer labels or float targets), got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.integer):
+        y = _as_int64(y, what, "y")
+    elif labels:
+        if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise ValueError(
+                f"{what}: y must hold integer class labels for the default loss, got dtype {y.dtype}; "
+                f"for regression targets pass your own loss_fn to make_engine"
+            )
+        y = y.astype(np.int64)
+    else:
+        with np.errstate(over="ignore"):
+            y = y.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"{what}: y contains NaN/inf values; clean or drop them before training")
+    if labels and y.min() < 0:
         raise ValueError(f"{what}: y must be >= 0, found {int(y.min())}")
-    return x, y.astype(np.int64, copy=False)
+    return y
+
+
+def _as_int64(a: np.ndarray, what: str, name: str) -> np.ndarray:
+    # uint64 values past 2**63 - 1 would wrap to negative numbers in int64: refuse them.
+    if a.dtype.kind == "u" and a.dtype.itemsize >= 8 and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(
+            f"{what}: {name} holds {int(a.max())} (dtype {a.dtype}), past int64's range "
+            f"(at most {np.iinfo(np.int64).max}); labels and token ids must be small non-negative integers"
+        )
+    return a.astype(np.int64, copy=False)
 
 
 def _digits(seed: int) -> Dataset:
@@ -180,7 +262,83 @@ def underflow_batch_threshold(loss_weight: float) -> int:
     return int(np.ceil(float(loss_weight) / 2.0**-25))
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits, "synthetic": _synthetic, "underflow": _underflow}
+# The text task: a fixed list of the standard library's own sources, read from this interpreter.
+TEXT_FILES: tuple[str, ...] = (
+    "abc.py",
+    "bisect.py",
+    "copy.py",
+    "heapq.py",
+    "operator.py",
+    "string.py",
+    "textwrap.py",
+    "contextlib.py",
+    "fractions.py",
+    "random.py",
+    "functools.py",
+    "statistics.py",
+    "dataclasses.py",
+)
+# 96 characters: newline and printable ASCII. Anything else (a tab, a non-ASCII letter) reads as "?".
+TEXT_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+def encode(text: str) -> np.ndarray:
+    """Character ids (int64) in :data:`TEXT_VOCAB`; characters outside it become ``"?"``."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = np.full(max(int(codes.max(initial=0)) + 1, 128), TEXT_VOCAB.index("?"), dtype=np.uint8)
+    table[[ord(c) for c in TEXT_VOCAB]] = np.arange(len(TEXT_VOCAB))
+    return table[codes].astype(np.int64)
+
+
+def decode(ids: Any) -> str:
+    """The text of character ids in :data:`TEXT_VOCAB` (the inverse of :func:`encode`)."""
+    return "".join(TEXT_VOCAB[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+def _text(seed: int, block: int = 64, test_fraction: float = 0.1) -> Dataset:
+    # Non-overlapping windows of `block` characters; the target is the window shifted by one.
+    # The first 90% of the concatenated files train, the last 10% test (no window crosses).
+    # seed shifts every window by seed % block characters.
+    import sysconfig
+
+    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+        raise ValueError(f"block must be an int >= 2, got {block!r}")
+    root = sysconfig.get_paths()["stdlib"]
+    parts = []
+    for name in TEXT_FILES:
+        try:
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                parts.append(f.read())
+        except OSError as err:
+            raise ValueError(f"text dataset: {name} is not in this Python's standard library ({root})") from err
+    ids = encode("".join(parts))
+    cut = int(len(ids) * (1 - test_fraction))
+
+    def windows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = a[seed % block :]
+        n = (len(a) - 1) // block
+        return a[: n * block].reshape(n, block), a[1 : n * block + 1].reshape(n, block)
+
+    (x_tr, y_tr), (x_te, y_te) = windows(ids[:cut]), windows(ids[cut:])
+    return Dataset(
+        "text",
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        len(TEXT_VOCAB),
+        f"characters of {len(TEXT_FILES)} Python {sys.version_info[0]}.{sys.version_info[1]} standard-library "
+        f"sources, windows of {block}, next-character targets",
+        {"vocab": TEXT_VOCAB, "files": TEXT_FILES, "root": root, "chars": len(ids), "block": block},
+    )
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "underflow": _underflow,
+    "text": _text,
+}
 
 
 def register(name: str, loader: Callable[..., Dataset]) -> None:
@@ -197,11 +355,15 @@ def load(name: str = "digits", seed: int = 0, **options: Any) -> Dataset:
     """Load a dataset by name, deterministically for a given seed.
 
     Args:
-        name: one of :func:`available` (``"digits"``, ``"synthetic"``, ``"underflow"``, ...).
+        name: one of :func:`available` (``"digits"``, ``"synthetic"``, ``"underflow"``, ``"text"``).
             Default ``"digits"``. ``"underflow"`` is the digits task meant to be trained on
             ``meta["loss_weight"] * cross-entropy`` (see :func:`mpcourse.engines.losses.cross_entropy`).
-        seed: the split (digits) or the generated data (synthetic). Default 0.
-        **options: loader-specific, e.g. ``n_train=...`` for synthetic.
+        seed: the split (digits), the generated data (synthetic), or the windows' offset
+            (text: ``seed % block`` characters). Default 0.
+        **options: loader-specific, e.g. ``n_train=...`` for synthetic, ``block=64`` (the
+            window length) for text. ``"text"`` reads :data:`TEXT_FILES` from the running
+            interpreter's standard library: no download, the same on every machine with that
+            Python version.
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")

@@ -25,6 +25,7 @@ NOTEBOOKS = (
     "05_debugging",
     "06_production",
     "07_fp8",
+    "08_your_own_model",
 )
 SKIPPING_TAGS = {"skip-execution", "nbval-skip", "raises-exception"}
 

@@ -69,15 +69,22 @@ def make_engine(
 
     Args:
         backend: ``"torch"`` or ``"mlx"``. Default ``"torch"``.
-        model: a zoo name (``mlp``, ``deep_mlp``, ``cnn``, ``transformer``, ``lstm``) or your own
-            framework model (``torch.nn.Module`` / ``mlx.nn.Module``). Default ``"mlp"``.
+        model: a zoo name (``mlp``, ``deep_mlp``, ``cnn``, ``transformer``, ``lstm``, ``gpt``) or
+            your own framework model (``torch.nn.Module`` / ``mlx.nn.Module``), which needs no
+            sizes: it takes any input shape it accepts (images ``(n, C, H, W)`` in torch,
+            ``(n, H, W, C)`` in MLX, token ids ``(n, T)``), and its output width is read from the
+            first forward pass, before any update. Default ``"mlp"``.
         config: a :class:`TrainConfig`. Default ``TrainConfig()`` (fp32).
         device: ``"auto"`` (torch: cuda, then mps, then cpu; mlx: its default device), or an
             explicit device; an explicit device that is absent is an error.
-        loss_fn: ``loss_fn(outputs, labels) -> scalar``; default cross-entropy, computed in fp32.
+        loss_fn: ``loss_fn(outputs, targets) -> 0-d tensor``, given fp32 outputs; then the
+            targets may be any real array (float regression targets, ``(n, T)`` next tokens).
+            Checked on the first step. Default: cross-entropy of class labels (the last axis of
+            the outputs), computed in fp32.
         data: a Dataset whose feature and class counts size the zoo model.
         num_features, num_classes: size the zoo model without a dataset (default 64 and 10:
-            the digits task).
+            the digits task). Zoo models only: a model of your own ignores data, num_features
+            and num_classes.
         size: ``"small"`` or ``"large"`` for zoo models. Default ``"small"``.
         verbose: print which device ``"auto"`` chose. Default True.
     """

@@ -29,7 +29,8 @@ import numpy as np
 
 from mpcourse._validate import check_choice
 from mpcourse.config import TrainConfig
-from mpcourse.data import Dataset, validate_xy
+from mpcourse.data import Dataset
+from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, checked_loss, read_data
 from mpcourse.history import History, StepRecord
 
 __all__ = [
@@ -127,16 +128,19 @@ class Engine(ABC):
     model: Any
     config: TrainConfig
     user_loss_fn: Any  # the loss_fn given to make_engine, or None for the engine's default
-    loss_fn: Any  # the loss the engine computes: user_loss_fn or the default cross-entropy
+    loss_fn: Any  # the loss the engine calls: user_loss_fn or the framework's default
     model_name: str
-    num_features: int
-    num_classes: int
+    num_features: int | None  # what sized a zoo model; None for a model of your own
+    num_classes: int | None
+    flat_features: int | None  # zoo models that view each sample as this many features; else None
     framework_keys: tuple[str, ...] = ("scaler",)  # what _framework_state returns; checked on load
 
     def __init__(self) -> None:
         self.step = 0  # optimizer steps attempted so far (skipped ones included)
         self.epoch = 0  # current epoch
         self.batch_in_epoch = 0  # next batch index within the current epoch
+        self.output_shape: tuple[int, ...] | None = None  # per sample, read from the first forward pass
+        self.loss_checked = False  # loss_fn has returned a scalar on a training step
 
     # --- framework hooks -------------------------------------------------------------------
     @abstractmethod
@@ -145,8 +149,17 @@ class Engine(ABC):
         seconds (device-synchronised), clipped and, under precision="fp8", the fp8 stats."""
 
     @abstractmethod
-    def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """Summed loss and number of correct predictions on a numpy batch, without training."""
+    def _predict(self, x: np.ndarray, y: np.ndarray, labels: bool) -> tuple[float, int]:
+        """Summed loss (mean loss times samples) and, when ``labels``, the correct argmax
+        predictions (else 0) on a numpy batch, without training."""
+
+    @abstractmethod
+    def probe_outputs(self, x: np.ndarray) -> Any:
+        """The model's outputs for ``x`` (a framework array), with nothing changed: no grad, eval mode."""
+
+    @abstractmethod
+    def embedding_rows(self) -> list[int]:
+        """The row counts of the model's embedding tables (empty without one)."""
 
     @abstractmethod
     def _framework_state(self) -> dict[str, Any]:
@@ -185,24 +198,32 @@ class Engine(ABC):
 
     def arrays(self, data: Dataset | Sequence[Any], split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         """The ``(x, y)`` numpy arrays of ``data``'s split, checked against this model (or a ValueError)."""
-        if isinstance(data, Dataset):
-            x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
-        elif isinstance(data, (tuple, list)) and len(data) == 2:
-            x, y = data
-        else:
+        src = read_data(data, split)
+        if not isinstance(src, ArrayData):
             raise TypeError(f"data must be an mpcourse Dataset or an (x, y) pair, got {type(data).__name__}")
-        x, y = validate_xy(x, y, what=f"{split} data")
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"{split} data has {x.shape[1]} features but the model was built for "
-                f"{self.num_features}; pass data=<dataset> or num_features= to make_engine"
-            )
-        if y.max() >= self.num_classes:
-            raise ValueError(
-                f"{split} data has label {int(y.max())} but the model has "
-                f"{self.num_classes} classes (labels must be in [0, {self.num_classes}))"
-            )
-        return x, y
+        return self.check_batch(src.x, src.y, split)
+
+    def check_batch(self, x: Any, y: Any, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """One batch (or all the arrays) checked before any step touches the model.
+
+        Inputs: any ``(n, ...)`` shape the model takes (zoo models: their documented shapes);
+        targets: class labels for the default loss, any real array with your own ``loss_fn``.
+        The first call runs the model forward once (no gradient, eval mode) to read its real
+        output width; labels are checked against that width on every call, so no engine
+        indexes out of bounds. (Your ``loss_fn`` is checked on the first step, before the
+        backward pass: :meth:`call_loss`.)
+        """
+        return check_for_model(self, x, y, split)
+
+    def call_loss(self, outputs: Any, targets: Any, *, check: bool) -> Any:
+        """``loss_fn(outputs, targets)``; with ``check`` (the first step, before its backward pass,
+        and every evaluation), :func:`~mpcourse.engines.batches.checked_loss`."""
+        return checked_loss(self.loss_fn, outputs, targets) if check else self.loss_fn(outputs, targets)
+
+    def is_labels(self, y: np.ndarray) -> bool:
+        """Whether targets ``y`` are class labels for the model's outputs (then accuracy is defined)."""
+        out = self.output_shape
+        return y.dtype.kind == "i" and out is not None and tuple(y.shape[1:]) == tuple(out[:-1])
 
     def _order(self, epoch: int, n: int) -> np.ndarray:
         # The order of an epoch depends only on (seed, epoch): resuming mid-run needs no RNG state.
@@ -214,12 +235,13 @@ class Engine(ABC):
 
     def train_step(self, x: Any, y: Any) -> StepRecord:
         """One optimizer step on one batch, outside of any epoch bookkeeping."""
-        xb, yb = self.arrays((x, y), "train")
+        xb, yb = self.check_batch(x, y, "train")
         rec = self._record(self._train_step(xb, yb), len(xb))
         self.step += 1
         return rec
 
     def _record(self, out: dict[str, Any], samples: int) -> StepRecord:
+        self.loss_checked = True
         return StepRecord(
             step=self.step,
             loss=float(out["loss"]),
@@ -236,7 +258,7 @@ class Engine(ABC):
 
     def fit(
         self,
-        data: Dataset | Sequence[Any],
+        data: Any,
         epochs: int | None = 1,
         *,
         steps: int | None = None,
@@ -246,8 +268,12 @@ class Engine(ABC):
         """Train on the train split and return the History of these steps.
 
         Args:
-            data: a :class:`~mpcourse.data.Dataset` or an ``(x, y)`` pair.
-            epochs: how many epochs' worth of steps to run from where the engine stands. Default 1.
+            data: a :class:`~mpcourse.data.Dataset`, an ``(x, y)`` pair of arrays of any shape
+                the model takes, or a re-iterable of ``(x, y)`` batches (a torch ``DataLoader``,
+                a list of tuples, a generator function). What a restored engine continues with,
+                for each kind: :mod:`mpcourse.engines.batches` (arrays: exactly).
+            epochs: how many epochs' worth of steps to run from where the engine stands (for
+                batches without a ``len``: until that many passes end). Default 1.
             steps: run exactly this many steps instead (may stop mid-epoch; a later call, or a
                 restored engine, continues with the next batch).
             progress: show a progress bar (notebook-aware). Default: on, unless the environment
@@ -255,58 +281,109 @@ class Engine(ABC):
             callback: called as ``callback(engine, record)`` after each step; returning True stops.
 
         Raises:
-            ValueError: NaN/inf features, mismatched lengths, bad labels or a bad count, before
-                any step, so the model is untouched.
+            ValueError: NaN/inf or complex inputs, mismatched lengths, labels the model cannot
+                output, a loss_fn that returns no scalar, or a bad count: arrays before any step;
+                a stream of batches before the step of the bad batch.
         """
-        x, y = self.arrays(data, "train")
-        per_epoch = self.steps_per_epoch(len(x))
+        src = read_data(data, "train")
         if steps is None:
-            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-                raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-            total = epochs * per_epoch
+            check_batch_size("epochs", epochs)
         else:
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-            total = steps
+            check_batch_size("steps", steps)
+        if isinstance(src, ArrayData):
+            x, y = self.check_batch(src.x, src.y, "train")
+            per_epoch: int | None = self.steps_per_epoch(len(x))
+        else:
+            per_epoch = src.steps_per_epoch(self.config.batch_size)
+        total = steps if steps is not None else (None if per_epoch is None else int(epochs or 1) * per_epoch)
         hist = History(meta=self.describe())
-        bar = _make_bar(
-            total,
-            f"{self.backend}:{self.device} {self.config.precision}",
-            _progress_default() if progress is None else progress,
-        )
-        bs = self.config.batch_size
-        order_epoch, order = -1, np.empty(0, dtype=np.int64)
+        enabled = _progress_default() if progress is None else progress
+        bar = _make_bar(total, f"{self.backend}:{self.device} {self.config.precision}", enabled)
+
+        def after(rec: StepRecord) -> bool:  # True: stop
+            hist.records.append(rec)
+            self.step += 1
+            self.batch_in_epoch += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec.loss:.4f}", scale=f"{rec.scale:g}", refresh=False)
+            return bool(callback is not None and callback(self, rec)) or len(hist.records) == total
+
         try:
-            for _ in range(total):
-                if self.batch_in_epoch >= per_epoch:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                if order_epoch != self.epoch:
-                    order_epoch, order = self.epoch, self._order(self.epoch, len(x))
-                idx = order[self.batch_in_epoch * bs : (self.batch_in_epoch + 1) * bs]
-                rec = self._record(self._train_step(x[idx], y[idx]), len(idx))
-                hist.records.append(rec)
-                self.step += 1
-                self.batch_in_epoch += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec.loss:.4f}", scale=f"{rec.scale:g}", refresh=False)
-                if callback is not None and callback(self, rec):
-                    break
+            if isinstance(src, ArrayData):
+                self._fit_arrays(x, y, after)
+            else:
+                self._fit_stream(src, after, passes=None if total is not None else int(epochs or 1))
         finally:
             if bar is not None:
                 bar.close()
         return hist
 
-    def evaluate(self, data: Dataset | Sequence[Any], batch_size: int = 1024) -> dict[str, float]:
-        """Mean loss and accuracy on the test split (or on an ``(x, y)`` pair)."""
-        x, y = self.arrays(data, "test")
-        total_loss, correct = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            loss_sum, ok = self._predict(x[i : i + batch_size], y[i : i + batch_size])
-            total_loss += loss_sum
-            correct += ok
-        return {"loss": total_loss / len(x), "accuracy": correct / len(x)}
+    def _fit_arrays(self, x: np.ndarray, y: np.ndarray, after: Any) -> None:
+        bs, per_epoch = self.config.batch_size, self.steps_per_epoch(len(x))
+        order_epoch, order = -1, np.empty(0, dtype=np.int64)
+        while True:
+            if self.batch_in_epoch >= per_epoch:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            if order_epoch != self.epoch:
+                order_epoch, order = self.epoch, self._order(self.epoch, len(x))
+            idx = order[self.batch_in_epoch * bs : (self.batch_in_epoch + 1) * bs]
+            if after(self._record(self._train_step(x[idx], y[idx]), len(idx))):
+                return
+
+    def _fit_stream(self, src: Any, after: Any, passes: int | None) -> None:
+        # A new pass each epoch; a pass started mid-epoch skips the batches already trained on.
+        while True:
+            started = self.batch_in_epoch
+            for xb, yb in src.batches(self.epoch, skip=started):
+                xb, yb = self.check_batch(xb, yb, "train")
+                if after(self._record(self._train_step(xb, yb), len(xb))):
+                    return
+            if started == 0 and self.batch_in_epoch == 0:
+                raise ValueError("train data yielded no batches; a re-iterable must yield (x, y) batches on every pass")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            if passes is not None:
+                passes -= 1
+                if passes == 0:
+                    return
+
+    def evaluate(self, data: Any, batch_size: int = 1024) -> dict[str, float]:
+        """Mean loss, and accuracy where the targets are class labels, on the test split.
+
+        Args:
+            data: a Dataset (its test split), an ``(x, y)`` pair, or a re-iterable of batches
+                (one pass, in its own batches), as for :meth:`fit`.
+            batch_size: samples per forward pass for arrays, an int >= 1. Default 1024.
+
+        The loss is the engine's ``loss_fn`` (the one given to ``make_engine``); ``"accuracy"``
+        (argmax over the last axis) is reported only when every target is a class label for
+        the model's outputs (integers shaped like the outputs without their last axis).
+        """
+        batch_size = check_batch_size("batch_size", batch_size)
+        src = read_data(data, "test")
+        if isinstance(src, ArrayData):
+            x, y = self.check_batch(src.x, src.y, "test")
+            pairs: Any = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+        else:
+            pairs = (self.check_batch(xb, yb, "test") for xb, yb in src.batches(0))
+        total_loss, correct, samples, counted, labels = 0.0, 0, 0, 0, True
+        for xb, yb in pairs:
+            labels = labels and self.is_labels(yb)
+            loss_sum, ok = self._predict(xb, yb, labels)
+            total_loss, correct, samples, counted = (
+                total_loss + loss_sum,
+                correct + ok,
+                samples + len(xb),
+                counted + yb.size,
+            )
+        if samples == 0:
+            raise ValueError("test data yielded no batches")
+        result = {"loss": total_loss / samples}
+        if labels:
+            result["accuracy"] = correct / counted
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: framework state plus the data position."""
@@ -383,7 +460,7 @@ class Engine(ABC):
         )
 
 
-def _make_bar(total: int, desc: str, enabled: bool) -> Any:
+def _make_bar(total: int | None, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm  # the notebook widget in Jupyter, text elsewhere

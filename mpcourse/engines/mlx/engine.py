@@ -67,6 +67,7 @@ from mpcourse.engines.mlx.fp8 import fp8_for_engine
 from mpcourse.engines.mlx.models import build_model
 from mpcourse.engines.mlx.support import precision_problem
 from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
+from mpcourse.engines.zoo import flat_features
 
 __all__ = [
     "MLXEngine",
@@ -75,6 +76,7 @@ __all__ = [
     "DeviceUnavailableError",
     "DTYPES",
     "array_to_numpy",
+    "mx_array",
     "default_loss",
 ]
 
@@ -164,12 +166,15 @@ class MLXEngine(Engine):
         zoo = isinstance(model, str)
         if zoo:
             self.model_name = model if size == "small" else f"{model}:{size}"
+            self.num_features, self.num_classes = num_features, num_classes
+            self.flat_features = flat_features(model, num_features)
             model = build_model(model, size, num_features, num_classes, seed=config.seed)
         elif not isinstance(model, nn.Module):
             raise TypeError(f"model must be a zoo name or an mlx.nn.Module, got {type(model).__name__}")
         else:
+            # A model of your own needs no sizes: its output width is read from a forward pass.
             self.model_name = type(model).__name__
-        self.num_features, self.num_classes = num_features, num_classes
+            self.num_features = self.num_classes = self.flat_features = None
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
         self.user_loss_fn = loss_fn  # None: the default below
@@ -261,9 +266,13 @@ class MLXEngine(Engine):
     # --- the step, as lazy graphs -----------------------------------------------------------
     def _scaled_loss(self, params: Any, x: mx.array, y: mx.array, scale: mx.array) -> tuple[mx.array, mx.array]:
         self._model.update(self._compute_copy(params))  # the cast's backward returns fp32 grads
-        out = self._model(x.astype(self.dtype))
-        loss = self.loss_fn(out.astype(mx.float32), y)  # the loss in fp32
+        out = self._model(self._cast_input(x))
+        loss = self.call_loss(out.astype(mx.float32), y, check=not self.loss_checked)  # the loss in fp32
         return loss * scale, loss
+
+    def _cast_input(self, x: mx.array) -> mx.array:
+        # Float inputs in the compute dtype; integer inputs (token ids) stay integers.
+        return x.astype(self.dtype) if mx.issubdtype(x.dtype, mx.floating) else x
 
     def _grad_graph(
         self, x: mx.array, y: mx.array, scale: mx.array, inv_scale: mx.array
@@ -314,12 +323,11 @@ class MLXEngine(Engine):
         ``scale`` defaults to the engine's current loss scale; ``unscale=False`` leaves the
         gradients carrying it. The model's compute copy is refreshed on the next ``.model`` read.
         """
+        x, y = self.check_batch(x, y, "train")  # labels past the output width would index out of bounds
         s = float(self.scale if scale is None else scale)
         inv = np.float32(1.0 / s) if unscale else np.float32(1.0)
         with mx.stream(self._device):
-            out = self._grads(
-                mx.array(x), mx.array(np.asarray(y).astype(np.int32)), mx.array(s, dtype=mx.float32), mx.array(inv)
-            )
+            out = self._grads(mx_array(x), mx_array(np.asarray(y)), mx.array(s, dtype=mx.float32), mx.array(inv))
         self._stale = True
         return out
 
@@ -332,7 +340,7 @@ class MLXEngine(Engine):
         return apply_clip(self.config.clip, self, grads, grad_norm)
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        xt, yt = mx.array(x), mx.array(y.astype(np.int32))
+        xt, yt = mx_array(x), mx_array(y)
         scale = self.scale
         scale_t = mx.array(scale, dtype=mx.float32)
         inv_t = mx.array(np.float32(1.0 / scale))  # as GradScaler: float32 of the exact reciprocal
@@ -341,11 +349,20 @@ class MLXEngine(Engine):
         clipped = False
         if self.fp8 is not None:
             self.fp8.begin_step()  # this step's casts feed the fp8 recipe (a probe's do not)
+        # Until loss_fn has passed its check (while the step is traced), keep the buffers
+        # (BatchNorm's running statistics) to put back if the check refuses the step.
+        kept = None if self.loss_checked else self._buffers()
         with mx.stream(self._device):
-            if self.config.clip is None:
-                loss, norm, found_t = self._fused(xt, yt, scale_t, inv_t)
-            else:
-                loss, grads, norm, found_t = self._grads(xt, yt, scale_t, inv_t)
+            try:
+                if self.config.clip is None:
+                    loss, norm, found_t = self._fused(xt, yt, scale_t, inv_t)
+                else:
+                    loss, grads, norm, found_t = self._grads(xt, yt, scale_t, inv_t)
+            except ValueError:
+                if kept:
+                    self._model.update(tree_unflatten(kept))
+                raise
+            if self.config.clip is not None:
                 found = bool(found_t.item())  # a sync: the policy clips finite steps only
                 if not found:
                     grads, clipped = self._clip(grads, norm)
@@ -368,19 +385,35 @@ class MLXEngine(Engine):
             "clipped": bool(clipped),
         }
 
-    def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def _predict(self, x: np.ndarray, y: np.ndarray, labels: bool) -> tuple[float, int]:
         model = self.model
+        was = model.training
         model.eval()
         try:
             with mx.stream(self._device):
-                yt = mx.array(y.astype(np.int32))
-                out = model(mx.array(x).astype(self.dtype))
-                loss = self.loss_fn(out.astype(mx.float32), yt)
-                correct = mx.sum(mx.argmax(out, axis=1) == yt)
+                yt = mx_array(y)
+                out = model(self._cast_input(mx_array(x)))
+                loss = self.call_loss(out.astype(mx.float32), yt, check=True)
+                correct = mx.sum(mx.argmax(out, axis=-1) == yt) if labels else mx.array(0)
                 mx.eval(loss, correct)
             return loss.item() * len(x), int(correct.item())
         finally:
-            model.train()
+            model.train(was)
+
+    def probe_outputs(self, x: np.ndarray) -> mx.array:
+        model = self.model
+        was = model.training
+        model.eval()  # eval mode: BatchNorm's running statistics stay as they are
+        try:
+            with mx.stream(self._device):
+                out = model(self._cast_input(mx_array(x)))
+                mx.eval(out)  # a failing forward fails here, inside the check
+            return out
+        finally:
+            model.train(was)
+
+    def embedding_rows(self) -> list[int]:
+        return [int(m.weight.shape[0]) for _, m in self._model.named_modules() if isinstance(m, nn.Embedding)]
 
     # --- state ------------------------------------------------------------------------------
     def _buffers(self) -> list[tuple[str, mx.array]]:
@@ -432,6 +465,14 @@ def _all_finite(tree: Any) -> bool:
     """True when no leaf of ``tree`` holds inf or nan (one fp32 sum, one host sync)."""
     sums = [p.astype(mx.float32).sum() for _, p in tree_flatten(tree)]
     return bool(mx.isfinite(mx.stack(sums).sum()).item()) if sums else True
+
+
+def mx_array(a: np.ndarray) -> mx.array:
+    """A checked numpy batch as an mlx array: integers as int32 (labels, token ids), floats as float32."""
+    if a.dtype.kind in "iu":
+        fits = a.size == 0 or (a.min() >= -(2**31) and a.max() < 2**31)
+        return mx.array(a.astype(np.int32) if fits else a)
+    return mx.array(a.astype(np.float32, copy=False))
 
 
 def array_to_numpy(a: mx.array) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The model zoo for MLX: mlp, deep_mlp, cnn, transformer, lstm -- the torch zoo's twins.
+"""The model zoo for MLX: mlp, deep_mlp, cnn, transformer, lstm, gpt -- the torch zoo's twins.
 
 Usage::
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,7 +34,16 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mpcourse.engines.zoo import grid_side, spec
 
-__all__ = ["build_model", "load_torch_state", "MLP", "ResNetCNN", "TransformerClassifier", "LSTMClassifier"]
+__all__ = [
+    "build_model",
+    "load_torch_state",
+    "MLP",
+    "ResNetCNN",
+    "TransformerClassifier",
+    "LSTMClassifier",
+    "GPT",
+    "CausalSelfAttention",
+]
 
 
 class MLP(nn.Module):
@@ -142,7 +151,122 @@ class LSTMClassifier(nn.Module):
         return self.head(x[:, -1])
 
 
-_CLASSES = {"mlp": MLP, "deep_mlp": MLP, "cnn": ResNetCNN, "transformer": TransformerClassifier, "lstm": LSTMClassifier}
+class CausalSelfAttention(nn.Module):
+    """nanoGPT's attention, line for line the torch ``CausalSelfAttention`` (see its docstring):
+    ``attn_fp32=False`` computes ``(q @ k^T) * (1 / sqrt(head_dim))`` in the compute dtype, so an
+    fp16 score past 65504 becomes inf; ``attn_fp32=True`` computes scores and softmax in fp32."""
+
+    def __init__(self, dim: int, heads: int, attn_fp32: bool = False) -> None:
+        super().__init__()
+        self.heads, self.attn_fp32 = heads, attn_fp32
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def scores(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """The pre-softmax attention scores ``(b, heads, t, t)`` (unmasked) and the values."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).transpose(2, 0, 3, 1, 4)
+        if self.attn_fp32:
+            q, k = q.astype(mx.float32), k.astype(mx.float32)
+        return (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])), v
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, t, d = x.shape
+        att, v = self.scores(x)
+        causal = mx.tril(mx.ones((t, t), dtype=mx.bool_))
+        att = mx.softmax(mx.where(causal, att.astype(mx.float32), -mx.inf), axis=-1)  # softmax in fp32
+        return self.proj((att.astype(v.dtype) @ v).transpose(0, 2, 1, 3).reshape(b, t, d))
+
+
+class _GPTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, attn_fp32: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, attn_fp32)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(nn.gelu(self.fc1(self.norm2(x))))
+
+
+class GPT(nn.Module):
+    """A character-level GPT in nanoGPT's shape, the torch ``GPT``'s twin (same parameter names):
+    ``(n, T)`` token ids -> ``(n, T, vocab)`` logits; ``num_features`` is the context length."""
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: int,
+        attn_fp32: bool = False,
+    ) -> None:
+        super().__init__()
+        self.block = num_features
+        self.tok = nn.Embedding(num_classes, dim)
+        self.pos = nn.Embedding(num_features, dim)
+        self.blocks = [_GPTBlock(dim, heads, mlp_ratio, attn_fp32) for _ in range(depth)]
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        new = []
+        flat = cast(list[tuple[str, mx.array]], tree_flatten(self.parameters()))
+        for name, p in flat:
+            if name.endswith("bias"):
+                p = mx.zeros_like(p)
+            elif p.ndim == 2:
+                std = 0.02 / math.sqrt(2 * depth) if name.endswith(("attn.proj.weight", "fc2.weight")) else 0.02
+                p = mx.random.normal(p.shape) * std
+            new.append((name, p))
+        self.update(tree_unflatten(new))
+
+    def scale_qk_(self, gain: float) -> GPT:
+        """Multiply every block's query and key projections by ``gain``, in place (as the torch twin)."""
+        for blk in self.blocks:
+            d = blk.attn.proj.weight.shape[1]
+            f = mx.concatenate([mx.full((2 * d,), gain), mx.ones((d,))])
+            blk.attn.qkv.weight = blk.attn.qkv.weight * f[:, None]
+            blk.attn.qkv.bias = blk.attn.qkv.bias * f
+        mx.eval(self.parameters())
+        return self
+
+    def attention_max(self, x: Any) -> float:
+        """The largest ``q . k`` over every block's causal scores for token ids ``x`` (an array or
+        numpy), in fp32 (as the torch twin: the signed maximum, what breaks an fp16 forward)."""
+        x = mx.array(np.asarray(x, dtype=np.int32)) if not isinstance(x, mx.array) else x
+        t = x.shape[1]
+        causal = mx.tril(mx.ones((t, t), dtype=mx.bool_))
+        h = (self.tok(x) + self.pos(mx.arange(t))).astype(mx.float32)
+        top = float("-inf")
+        for blk in self.blocks:
+            att, _ = blk.attn.scores(blk.norm1(h))
+            raw = att.astype(mx.float32) * math.sqrt(blk.attn.proj.weight.shape[1] // blk.attn.heads)
+            top = max(top, cast(float, mx.max(mx.where(causal, raw, -mx.inf)).item()))
+            h = blk(h)
+        return top
+
+    def __call__(self, x: mx.array) -> mx.array:
+        t = x.shape[1]
+        if t > self.block:
+            raise ValueError(f"sequence of {t} tokens is longer than the model's context of {self.block}")
+        h = self.tok(x) + self.pos(mx.arange(t))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
+
+
+_CLASSES: dict[str, Any] = {
+    "mlp": MLP,
+    "deep_mlp": MLP,
+    "cnn": ResNetCNN,
+    "transformer": TransformerClassifier,
+    "lstm": LSTMClassifier,
+    "gpt": GPT,
+}
 
 
 def build_model(
@@ -156,7 +280,7 @@ def build_model(
     """Build a zoo model in fp32, initialised from ``seed``, its parameters evaluated.
 
     Args:
-        name: ``mlp``, ``deep_mlp``, ``cnn``, ``transformer`` or ``lstm``.
+        name: ``mlp``, ``deep_mlp``, ``cnn``, ``transformer``, ``lstm`` or ``gpt``.
         size: ``"small"`` or ``"large"`` (see :data:`mpcourse.engines.zoo.SPECS`). Default ``"small"``.
         num_features: input width. Default 64 (digits).
         num_classes: output classes. Default 10.

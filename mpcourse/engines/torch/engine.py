@@ -55,6 +55,7 @@ from mpcourse.engines.torch.fp8 import fp8_for_engine
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
 from mpcourse.engines.torch.support import precision_problem
+from mpcourse.engines.zoo import flat_features
 
 __all__ = [
     "TorchEngine",
@@ -148,8 +149,12 @@ def _fused_devices() -> list[str]:
 
 
 def default_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of class labels, computed in fp32 (the engines' default ``loss_fn``)."""
-    return F.cross_entropy(outputs.float(), labels)
+    """Mean cross-entropy of class labels, computed in fp32 (the engines' default ``loss_fn``).
+
+    Outputs ``(n, ..., classes)`` and labels ``(n, ...)``: the classes are the last axis, as for
+    MLX (``(n, T, vocab)`` logits and ``(n, T)`` next tokens for a language model).
+    """
+    return F.cross_entropy(outputs.float().reshape(-1, outputs.shape[-1]), labels.reshape(-1))
 
 
 class TorchEngine(Engine):
@@ -177,12 +182,15 @@ class TorchEngine(Engine):
             raise DeviceUnavailableError(f"{config.precision} on {self.device}: {problem}")
         if isinstance(model, str):
             self.model_name = model if size == "small" else f"{model}:{size}"
+            self.num_features, self.num_classes = num_features, num_classes
+            self.flat_features = flat_features(model, num_features)
             model = build_model(model, size, num_features, num_classes, seed=config.seed)
         elif isinstance(model, nn.Module):
+            # A model of your own needs no sizes: its output width is read from a forward pass.
             self.model_name = type(model).__name__
+            self.num_features = self.num_classes = self.flat_features = None
         else:
             raise TypeError(f"model must be a zoo name or a torch.nn.Module, got {type(model).__name__}")
-        self.num_features, self.num_classes = num_features, num_classes
         self.user_loss_fn = loss_fn  # None: the default below
         self.loss_fn = loss_fn or default_loss
         if not callable(self.loss_fn):
@@ -224,9 +232,9 @@ class TorchEngine(Engine):
         return torch.autocast(self.torch_device.type, dtype=self.dtype, enabled=enabled)
 
     def tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """A numpy batch as tensors on the engine's device (inputs in half for pure half)."""
-        xt = torch.from_numpy(x).to(self.torch_device, non_blocking=True)
-        if self.pure_half:
+        """A numpy batch as tensors on the engine's device (float inputs in half for pure half)."""
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_device, non_blocking=True)
+        if self.pure_half and xt.is_floating_point():
             xt = xt.to(self.dtype)
         return xt, torch.from_numpy(y).to(self.torch_device, non_blocking=True)
 
@@ -234,7 +242,7 @@ class TorchEngine(Engine):
         """The unscaled loss of a batch, computed as the training step computes it."""
         with self.autocast():
             out = self.model(x)
-        return self.loss_fn(out.float(), y)
+        return self.call_loss(out.float(), y, check=not self.loss_checked)
 
     # --- one step ---------------------------------------------------------------------------
     def grads(self) -> list[torch.Tensor]:
@@ -253,10 +261,20 @@ class TorchEngine(Engine):
         xt, yt = self.tensors(x, y)
         sync(self.torch_device)
         t0 = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
         if self.fp8 is not None:
             self.fp8.begin_step()  # this step's casts feed the fp8 recipe (a probe's do not)
-        loss = self.forward_loss(xt, yt)
+        # Until loss_fn has passed its check, keep the buffers (BatchNorm's running statistics,
+        # which a training forward updates) to put back if the check refuses the step.
+        kept = None if self.loss_checked else [b.detach().clone() for b in self.model.buffers()]
+        try:
+            loss = self.forward_loss(xt, yt)
+        except ValueError:
+            if kept is not None:
+                with torch.no_grad():
+                    for b, k in zip(self.model.buffers(), kept):
+                        b.copy_(k)
+            raise
+        self.optimizer.zero_grad(set_to_none=True)
         scale_t, found_t, norm_t, clipped = self.backward_and_step(loss)
         # One device->host transfer for everything the record needs.
         loss_v, scale_v, found_v, norm_v = torch.stack(
@@ -297,16 +315,30 @@ class TorchEngine(Engine):
         return scale_t, found_t, norm_t, clipped
 
     @torch.no_grad()
-    def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def _predict(self, x: np.ndarray, y: np.ndarray, labels: bool) -> tuple[float, int]:
         xt, yt = self.tensors(x, y)
+        was = self.model.training
         self.model.eval()
         try:
             with self.autocast():
                 out = self.model(xt)
-            loss = self.loss_fn(out.float(), yt)
-            return float(loss) * len(x), int((out.argmax(dim=1) == yt).sum())
+            loss = self.call_loss(out.float(), yt, check=True)
+            return float(loss) * len(x), int((out.argmax(dim=-1) == yt).sum()) if labels else 0
         finally:
-            self.model.train()
+            self.model.train(was)
+
+    @torch.no_grad()
+    def probe_outputs(self, x: np.ndarray) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()  # eval mode: BatchNorm's running statistics stay as they are
+        try:
+            with self.autocast():
+                return self.model(self.tensors(x, np.zeros(0, np.int64))[0])
+        finally:
+            self.model.train(was)
+
+    def embedding_rows(self) -> list[int]:
+        return [m.num_embeddings for m in self.model.modules() if isinstance(m, nn.Embedding)]
 
     # --- state ------------------------------------------------------------------------------
     def _framework_state(self) -> dict[str, Any]:
