@@ -21,16 +21,8 @@ from typing import Any
 from mpcourse._validate import check_choice
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
-from mpcourse.engines.base import (
-    BACKENDS,
-    INSTALL_HINT,
-    BackendUnavailableError,
-    DeviceUnavailableError,
-    Engine,
-    installed,
-    missing_reason,
-    require_backend,
-)
+from mpcourse.engines.availability import BACKENDS, INSTALL_HINT, installed, missing_reason, require_backend
+from mpcourse.engines.base import BackendUnavailableError, DeviceUnavailableError, Engine
 from mpcourse.engines.zoo import SIZES, ZOO
 from mpcourse.history import History, StepRecord
 
@@ -125,12 +117,12 @@ def available_backends() -> list[str]:
     """The backend:device pairs that can run here, best first, e.g. ``['torch:cuda', 'mlx:cpu']``."""
     found: list[str] = []
     if installed("torch"):
-        from mpcourse.engines.torch.engine import torch_devices
+        from mpcourse.engines.torch.devices import torch_devices
 
         found += [f"torch:{d}" for d in torch_devices()]
     if installed("mlx"):
         try:
-            from mpcourse.engines.mlx.engine import mlx_devices
+            from mpcourse.engines.mlx.devices import mlx_devices
         except ImportError:  # the MLX engine is optional; the package can still be imported
             pass
         else:

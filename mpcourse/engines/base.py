@@ -17,67 +17,25 @@ engine and no engine imports the factory.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from mpcourse._validate import check_choice
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, checked_loss, read_data
+from mpcourse.engines.progress import make_bar, progress_default
 from mpcourse.history import History, StepRecord
 
 __all__ = [
     "Engine",
     "BackendUnavailableError",
     "DeviceUnavailableError",
-    "BACKENDS",
-    "INSTALL_HINT",
-    "installed",
-    "missing_reason",
-    "require_backend",
     "nonfinite_update_risk",
 ]
-
-BACKENDS: tuple[str, ...] = ("torch", "mlx")
-
-INSTALL_HINT = {
-    "torch": "pip install torch  (on Linux without a GPU: pip install torch==2.13.0 for the CPU build)",
-    "mlx": "pip install 'mlx[cpu]' on Linux, or pip install mlx on macOS (Apple silicon)",
-}
-
-
-def installed(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a blocked or half-installed package
-        return False
-
-
-def missing_reason(backend: str) -> str | None:
-    """Why ``backend`` cannot run here (with the install command), or None when it can.
-
-    Raises:
-        ValueError: ``backend`` is not one of :data:`BACKENDS`.
-    """
-    check_choice("backend", backend, BACKENDS)
-    if not installed(backend):
-        return f"backend {backend!r} is not installed: {INSTALL_HINT[backend]}"
-    return None
-
-
-def require_backend(backend: str) -> None:
-    """Raise :class:`BackendUnavailableError` (saying how to install it) unless ``backend`` is here."""
-    reason = missing_reason(backend)
-    if reason is not None:
-        raise BackendUnavailableError(reason)
 
 
 class BackendUnavailableError(ImportError):
@@ -109,10 +67,6 @@ def nonfinite_update_risk(config: TrainConfig) -> str | None:
         f"step; such steps are reported as non-finite (found_inf=True). To train, keep master_weights=True, "
         f"use bf16, or optimizer='sgd'"
     )
-
-
-def _progress_default() -> bool:
-    return os.environ.get("MPCOURSE_PROGRESS", "1").lower() not in ("0", "false", "no", "off")
 
 
 class Engine(ABC):
@@ -297,8 +251,8 @@ class Engine(ABC):
             per_epoch = src.steps_per_epoch(self.config.batch_size)
         total = steps if steps is not None else (None if per_epoch is None else int(epochs or 1) * per_epoch)
         hist = History(meta=self.describe())
-        enabled = _progress_default() if progress is None else progress
-        bar = _make_bar(total, f"{self.backend}:{self.device} {self.config.precision}", enabled)
+        enabled = progress_default() if progress is None else progress
+        bar = make_bar(total, f"{self.backend}:{self.device} {self.config.precision}", enabled)
 
         def after(rec: StepRecord) -> bool:  # True: stop
             hist.records.append(rec)
@@ -458,11 +412,3 @@ class Engine(ABC):
             f"precision={self.config.precision!r}, scaling={self.config.scaling_mode!r}, "
             f"step={self.step})"
         )
-
-
-def _make_bar(total: int | None, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm  # the notebook widget in Jupyter, text elsewhere
-
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)

@@ -70,7 +70,7 @@ def _leaf_to_numpy(obj: Any) -> Any:
             return FrameworkArray("torch", t.view(torch.int16).numpy().copy().view(_bf16()))
         return FrameworkArray("torch", t.numpy().copy())
     if mod.startswith("mlx") and type(obj).__name__ == "array":
-        from mpcourse.engines.mlx.engine import array_to_numpy
+        from mpcourse.engines.mlx.arrays import array_to_numpy
 
         return FrameworkArray("mlx", array_to_numpy(obj))
     return obj

@@ -1,6 +1,7 @@
-"""The MLX engine's room, with the torch room's file names: ``engine``, ``models``, ``clip``,
-``probes``, ``bench``, ``wrong_order``. The torch room's ``scaling`` has no twin (MLX has no
-GradScaler; the engine uses :mod:`mpcourse.scaler` directly), nor do ``inspect`` and ``tensorboard``.
+"""The MLX engine's room, with the torch room's file names: ``engine``, ``devices``, ``models``,
+``clip``, ``probes``, ``bench``, ``fp8``, ``support``, ``wrong_order``; ``arrays`` converts MLX
+arrays to numpy. The torch room's ``scaling`` has no twin (MLX has no GradScaler; the engine uses
+:mod:`mpcourse.scaler` directly), nor do ``inspect`` and ``tensorboard``.
 
 Usage::
 

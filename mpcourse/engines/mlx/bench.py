@@ -23,7 +23,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from mpcourse.engines.mlx.engine import DTYPES, mlx_devices, resolve_device
+from mpcourse.engines.mlx.devices import mlx_devices, resolve_device
+from mpcourse.engines.mlx.engine import DTYPES
 from mpcourse.hardware import cpu_model
 
 __all__ = [

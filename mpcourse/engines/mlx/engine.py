@@ -63,10 +63,11 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mpcourse.config import TrainConfig
 from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
+from mpcourse.engines.mlx.arrays import all_finite, array_to_numpy, from_numpy, mx_array, to_numpy
+from mpcourse.engines.mlx.devices import device_name, mlx_devices, resolve_device
 from mpcourse.engines.mlx.fp8 import fp8_for_engine
 from mpcourse.engines.mlx.models import build_model
 from mpcourse.engines.mlx.support import precision_problem
-from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 from mpcourse.engines.zoo import flat_features
 
 __all__ = [
@@ -83,50 +84,6 @@ __all__ = [
 DTYPES = {"fp32": mx.float32, "fp16": mx.float16, "bf16": mx.bfloat16}
 
 LossFn = Callable[[mx.array, mx.array], mx.array]
-
-
-def mlx_devices() -> list[str]:
-    """MLX devices usable here, best first: ``["gpu", "cpu"]`` with Metal or CUDA, else ``["cpu"]``."""
-    return (["gpu"] if mx.is_available(mx.gpu) else []) + ["cpu"]
-
-
-def _gpu_backend() -> str:
-    if mx.metal.is_available():
-        return "metal"
-    cuda = getattr(mx, "cuda", None)
-    return "cuda" if cuda is not None and cuda.is_available() else "none"
-
-
-def resolve_device(device: str) -> mx.Device:
-    """``"auto"`` -> MLX's default device, or the one ``MPCOURSE_DEVICE`` pins; ``"cpu"``/``"gpu"``
-    (or ``"metal"``/``"cuda"``) must exist."""
-    if device == "auto":
-        pinned = pinned_device("mlx")
-        if pinned is None:
-            return mx.default_device()
-        try:
-            return resolve_device(pinned)
-        except DeviceUnavailableError as err:
-            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
-    if device == "cpu":
-        return mx.Device(mx.cpu)
-    if device not in ("gpu", "metal", "cuda"):
-        raise ValueError(
-            f"unknown MLX device {device!r}; use 'auto', 'cpu' or 'gpu' "
-            f"('metal' and 'cuda' name a specific GPU backend)"
-        )
-    backend = _gpu_backend()
-    if backend == "none" or (device != "gpu" and device != backend):
-        raise DeviceUnavailableError(
-            f"MLX device {device!r} was asked for but this MLX has no {device} backend "
-            f"(available: {', '.join(mlx_devices())}); use device='auto', or install mlx on "
-            f"Apple silicon (Metal) or 'mlx[cuda]' on Linux with an NVIDIA GPU"
-        )
-    return mx.Device(mx.gpu)
-
-
-def _device_name(dev: mx.Device) -> str:
-    return "gpu" if dev.type == mx.DeviceType.gpu else "cpu"
 
 
 def default_loss(outputs: mx.array, labels: mx.array) -> mx.array:
@@ -159,7 +116,7 @@ class MLXEngine(Engine):
         super().__init__()
         self.config = config
         self._device = resolve_device(device)
-        self.device = _device_name(self._device)
+        self.device = device_name(self._device)
         problem = precision_problem(self.device, config.precision)  # what this MLX cannot do there
         if problem:
             raise DeviceUnavailableError(f"{config.precision} on mlx {self.device}: {problem}")
@@ -373,7 +330,7 @@ class MLXEngine(Engine):
         found = bool(found_t.item())
         self.scaler.update(found)
         # Pure fp16 Adam: finite gradients, NaN weights (see nonfinite_update_risk); one sum says so.
-        weights_bad = self.check_weights and not _all_finite(self._master["params"])
+        weights_bad = self.check_weights and not all_finite(self._master["params"])
         return {
             **({} if self.fp8 is None else {"fp8": self.fp8.end_step()}),  # per-tensor amax, scale, counts
             "loss": loss.item(),
@@ -423,8 +380,8 @@ class MLXEngine(Engine):
     def _framework_state(self) -> dict[str, Any]:
         # numpy copies: the returned dict is a snapshot that later steps do not change.
         return {
-            "master": _to_numpy(self._master["params"]),
-            "optimizer": _to_numpy(self.optimizer.state),
+            "master": to_numpy(self._master["params"]),
+            "optimizer": to_numpy(self.optimizer.state),
             "buffers": {k: array_to_numpy(v) for k, v in self._buffers()},  # BatchNorm running stats
             "scaler": self.scaler.state_dict(),
             **({} if self.fp8 is None else {"fp8": self.fp8.recipe.state_dict()}),
@@ -439,9 +396,9 @@ class MLXEngine(Engine):
                 f"uses {mine!r}; build the engine with the same TrainConfig"
             )
         # Check everything before changing anything: a refused state leaves the engine intact.
-        master = _from_numpy(state["master"], self._master["params"], "master weights")
-        opt = _from_numpy(state["optimizer"], self.optimizer.state, "optimizer state")
-        buffers = _from_numpy(state["buffers"], tree_unflatten(self._buffers()), "buffers") if self._buffers() else None
+        master = from_numpy(state["master"], self._master["params"], "master weights")
+        opt = from_numpy(state["optimizer"], self.optimizer.state, "optimizer state")
+        buffers = from_numpy(state["buffers"], tree_unflatten(self._buffers()), "buffers") if self._buffers() else None
         # A state without fp8 recipe state (saved in another precision: a precision switch)
         # starts the recipe afresh; an fp8 one is checked before anything changes.
         fp8_state = state.get("fp8") if self.fp8 is not None else None
@@ -459,50 +416,3 @@ class MLXEngine(Engine):
             self._model.update(buffers)
         self._stale = True
         mx.eval(self._master, self.optimizer.state, self._model.parameters())
-
-
-def _all_finite(tree: Any) -> bool:
-    """True when no leaf of ``tree`` holds inf or nan (one fp32 sum, one host sync)."""
-    sums = [p.astype(mx.float32).sum() for _, p in tree_flatten(tree)]
-    return bool(mx.isfinite(mx.stack(sums).sum()).item()) if sums else True
-
-
-def mx_array(a: np.ndarray) -> mx.array:
-    """A checked numpy batch as an mlx array: integers as int32 (labels, token ids), floats as float32."""
-    if a.dtype.kind in "iu":
-        fits = a.size == 0 or (a.min() >= -(2**31) and a.max() < 2**31)
-        return mx.array(a.astype(np.int32) if fits else a)
-    return mx.array(a.astype(np.float32, copy=False))
-
-
-def array_to_numpy(a: mx.array) -> np.ndarray:
-    """A numpy copy of an mlx array; bfloat16 becomes ``ml_dtypes.bfloat16`` (bit for bit)."""
-    if a.dtype == mx.bfloat16:  # numpy has no bfloat16: copy the bits into ml_dtypes' type
-        import ml_dtypes
-
-        return np.array(a.view(mx.uint16), copy=True).view(ml_dtypes.bfloat16)
-    return np.array(a, copy=True)
-
-
-def _to_numpy(tree: Any) -> dict[str, np.ndarray]:
-    return {k: array_to_numpy(v) for k, v in tree_flatten(tree)}
-
-
-def _from_numpy(flat: dict[str, Any], like: Any, what: str) -> Any:
-    """The tree ``like`` with every leaf replaced by ``flat[key]``, checked for keys and shapes."""
-    mine = dict(tree_flatten(like))
-    if not isinstance(flat, dict) or set(flat) != set(mine):
-        got = set(flat) if isinstance(flat, dict) else set()
-        diff = sorted(got ^ set(mine))[:3]
-        raise ValueError(f"state_dict {what} do not match this model (differing keys: {diff})")
-    out = []
-    for k, ref in mine.items():
-        v = np.asarray(flat[k])
-        if v.shape != tuple(ref.shape):
-            raise ValueError(f"state_dict {what}: {k!r} has shape {v.shape}, expected {tuple(ref.shape)}")
-        if ref.dtype == mx.bfloat16:
-            arr = mx.array(v.astype(np.float32)).astype(mx.bfloat16)  # exact: bf16 values in fp32
-        else:
-            arr = mx.array(v).astype(ref.dtype)
-        out.append((k, arr))
-    return tree_unflatten(out)

@@ -1,6 +1,6 @@
-"""The PyTorch engine's room: ``engine``, ``scaling``, ``models``, ``clip``, ``probes``, ``inspect``,
-``bench``, ``tensorboard``, ``wrong_order``; each imports torch, so nothing here is imported
-until an engine or a tool for torch is asked for.
+"""The PyTorch engine's room: ``engine``, ``devices``, ``scaling``, ``models``, ``clip``, ``probes``,
+``inspect``, ``bench``, ``fp8``, ``support``, ``tensorboard``, ``wrong_order``; each imports
+torch, so nothing here is imported until an engine or a tool for torch is asked for.
 
 Usage::
 

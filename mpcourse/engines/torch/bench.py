@@ -29,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mpcourse.engines.torch.engine import DTYPES, resolve_device, sync, torch_devices
+from mpcourse.engines.torch.devices import resolve_device, sync, torch_devices
+from mpcourse.engines.torch.engine import DTYPES
 from mpcourse.engines.torch.models import build_model
 from mpcourse.hardware import cpu_model
 

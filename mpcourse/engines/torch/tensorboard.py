@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpcourse.engines.base import installed
+from mpcourse.engines.availability import installed
 
 __all__ = ["summary_writer", "tensorboard_available"]
 
