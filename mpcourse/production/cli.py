@@ -4,6 +4,7 @@ Usage::
 
     python -m mpcourse.production train --dir run --steps 300 --every 25
     python -m mpcourse.production train --dir run --steps 300 --every 25 --resume   # after a kill
+    python -m mpcourse.production train --dir run --steps 300 --nproc 2 --strategy fsdp   # see launch.py
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mpcourse.config import PRECISIONS, TrainConfig
 from mpcourse.engines import ZOO
 from mpcourse.production.checkpoint import CheckpointManager, save_checkpoint
 from mpcourse.production.fallback import FallbackPolicy
+from mpcourse.production.launch import parse_inject, run_distributed, summary_fields, wants_processes
 from mpcourse.production.trainer import Trainer
 
 __all__ = ["main"]
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--throttle", type=float, default=0.0, help="seconds to sleep per step")
     t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
     t.add_argument("--out", default=None, help="final checkpoint (default DIR/final.mpck)")
+    # Real processes through torch.distributed (mpcourse.production.launch):
+    t.add_argument("--nproc", type=int, default=1, help="processes; >1 launches them with torch's elastic launcher")
+    t.add_argument("--strategy", default=None, choices=["ddp", "fsdp"], help="data parallel strategy (default ddp)")
+    t.add_argument("--reduce-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="gradient reduction dtype")
+    t.add_argument("--inject-inf", type=parse_inject, default=None, metavar="STEP:RANK", help="plant an inf gradient")
     return ap
 
 
@@ -55,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpcourse.engines.portable import seed_rngs
 
     args = _parser().parse_args(argv)
+    if wants_processes(args):
+        return run_distributed(args)
     seed_rngs(args.backend, args.seed)  # a resumed run gets the saved RNG state back instead
     ds = data_mod.load(args.dataset, seed=args.seed)
     cfg = TrainConfig(precision=args.precision, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
@@ -82,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "resumed_from": resumed_from,
                 "precision": tr.engine.config.precision,
                 "events": tr.events,
+                **summary_fields(tr.engine, tr.history),
             }
         )
     )
