@@ -331,8 +331,12 @@ def device_memory_bytes(engine: Any) -> float | None:
 
 # --- fingerprints ----------------------------------------------------------------------------------
 def model_arrays(engine: Any) -> dict[str, np.ndarray]:
-    """The engine's full model state as numpy arrays by name (collective under FSDP)."""
-    return array_leaves(to_numpy_tree(engine.state_dict()["framework"]["model"]))
+    """The engine's full model state as numpy arrays by name (collective under FSDP).
+
+    The torch engines' ``model`` state dict, or the MLX engine's ``master`` weights.
+    """
+    framework = engine.state_dict()["framework"]
+    return array_leaves(to_numpy_tree(framework["model"] if "model" in framework else framework["master"]))
 
 
 def model_sha256(engine: Any, arrays: dict[str, np.ndarray] | None = None) -> str:
