@@ -10,6 +10,7 @@ Usage (a fresh process; it launches its own workers)::
     facts["fp8_all_reduce"]                               # {"refused": True, "error": "..."} on gloo
     facts["drill"]["agreed"]["sha256_by_rank"]            # equal; "disagreed": they differ
     facts["bytes"]["fsdp"], facts["bytes"]["ddp"]         # parameters, grads, optimizer, per rank
+    facts["state_dict_resumes_exactly"]                   # {"ddp": True, "fsdp": True}
 
 Every number comes from real processes talking through torch.distributed (gloo on CPU).
 """
@@ -98,13 +99,19 @@ def measure_worker(opts: dict[str, Any]) -> dict[str, Any]:
                 "scale": e.scale,
                 "skipped": [r.step for r in hist.records if r.skipped],
             }
-        # 4. What each rank holds after a step, DDP against FSDP2.
-        held = {}
+        # 4. What each rank holds after a step, DDP against FSDP2; and the in-memory state round
+        #    trip (full, gathered tensors): a restored engine continues exactly as the original.
+        held, resumed = {}, {}
         for strategy in ("ddp", "fsdp"):
             e = _engine(strategy, "fp16", batch)
             e.fit(ds, steps=1, progress=False)
             held[strategy] = local_bytes(e)
-        return {"reduction_error": errors, "fp8_all_reduce": fp8, "drill": drill, "bytes": held}
+            twin = _engine(strategy, "fp16", batch)
+            twin.load_state_dict(e.state_dict())
+            e.fit(ds, steps=2, progress=False)
+            twin.fit(ds, steps=2, progress=False)
+            resumed[strategy] = model_sha256(twin) == model_sha256(e) and twin.step == e.step
+        return {"reduction_error": errors, "fp8_all_reduce": fp8, "drill": drill, "bytes": held, "resumed": resumed}
     finally:
         shutdown_distributed()
 
@@ -124,6 +131,7 @@ def measure(nproc: int = 2, batch: int = 256, steps: int = 3, start_method: str 
             for k in ("agreed", "disagreed")
         },
         "bytes": {s: [r["bytes"][s] for r in ranks] for s in ("ddp", "fsdp")},
+        "state_dict_resumes_exactly": {s: all(r["resumed"][s] for r in ranks) for s in ("ddp", "fsdp")},
     }
 
 
