@@ -11,6 +11,8 @@ Usage (a fresh process; it launches its own workers)::
     facts["drill"]["agreed"]["sha256_by_rank"]            # equal; "disagreed": they differ
     facts["bytes"]["fsdp"], facts["bytes"]["ddp"]         # parameters, grads, optimizer, per rank
     facts["state_dict_resumes_exactly"]                   # {"ddp": True, "fsdp": True}
+    facts["bf16_reduce_drift"]["fsdp"]                    # fp32 training, gradients reduced in bf16:
+                                                          #   distance from the fp32-reduced run / distance moved
 
 Every number comes from real processes talking through torch.distributed (gloo on CPU).
 """
@@ -70,6 +72,15 @@ def _engine(strategy: str, precision: str, batch: int, **kw: Any) -> Distributed
     return DistributedTorchEngine("mlp", cfg, device="cpu", strategy=strategy, **kw)
 
 
+def _params(engine: DistributedTorchEngine) -> dict[str, np.ndarray]:
+    model = engine.state_dict()["framework"]["model"]  # full tensors (collective under FSDP)
+    return {k: v.double().numpy() for k, v in model.items()}
+
+
+def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
+
+
 def measure_worker(opts: dict[str, Any]) -> dict[str, Any]:
     """One rank of :func:`measure` (module level: the launcher's workers import it)."""
     from mpcourse import data as data_mod
@@ -111,7 +122,22 @@ def measure_worker(opts: dict[str, Any]) -> dict[str, Any]:
             e.fit(ds, steps=2, progress=False)
             twin.fit(ds, steps=2, progress=False)
             resumed[strategy] = model_sha256(twin) == model_sha256(e) and twin.step == e.step
-        return {"reduction_error": errors, "fp8_all_reduce": fp8, "drill": drill, "bytes": held, "resumed": resumed}
+        # 5. The whole path: fp32 training whose gradients are reduced in bf16, against fp32 reduction.
+        drift = {}
+        for strategy in ("ddp", "fsdp"):
+            ref, low = _engine(strategy, "fp32", batch), _engine(strategy, "fp32", batch, reduce_dtype="bf16")
+            start = _params(ref)
+            ref.fit(ds, steps=steps, progress=False)
+            low.fit(ds, steps=steps, progress=False)
+            drift[strategy] = _distance(_params(low), _params(ref)) / _distance(_params(ref), start)
+        return {
+            "reduction_error": errors,
+            "fp8_all_reduce": fp8,
+            "drill": drill,
+            "bytes": held,
+            "resumed": resumed,
+            "bf16_reduce_drift": drift,
+        }
     finally:
         shutdown_distributed()
 
@@ -131,6 +157,7 @@ def measure(nproc: int = 2, batch: int = 256, steps: int = 3, start_method: str 
             for k in ("agreed", "disagreed")
         },
         "bytes": {s: [r["bytes"][s] for r in ranks] for s in ("ddp", "fsdp")},
+        "bf16_reduce_drift": first["bf16_reduce_drift"],
         "state_dict_resumes_exactly": {s: all(r["resumed"][s] for r in ranks) for s in ("ddp", "fsdp")},
     }
 

@@ -18,7 +18,7 @@ What changes against one process:
   its own slice of each global batch; the loss is weighted so that the average over ranks is
   the mean over the global batch, as one process computes it.
 - **Gradients.** ``"ddp"``: ``DistributedDataParallel`` all-reduces (averages) full gradients,
-  in fp32 or, with ``reduce_dtype``, through its bf16/fp16 compression hook. ``"fsdp"``: FSDP2
+  in fp32 or, with ``reduce_dtype``, in bf16/fp16 through :func:`cast_reduce_hook`. ``"fsdp"``: FSDP2
   ``fully_shard`` with ``MixedPrecisionPolicy(param_dtype, reduce_dtype)``: each rank keeps one
   shard of the fp32 master weights, of the gradients and of the optimizer state.
 - **One verdict.** A step is skipped on every rank when any rank found inf/nan, so the
@@ -161,6 +161,29 @@ def make_distributed_scaling(config: TrainConfig, device: torch.device, strategy
     return AgreedOwnScaling(base.scaler, device) if agree else base
 
 
+def cast_reduce_hook(dtype: torch.dtype) -> Callable[[int, Any], Any]:
+    """A DDP communication hook that averages each gradient bucket in ``dtype`` (state: the world size).
+
+    torch's ``bf16_compress_hook`` does the same but only on NCCL; this one runs on gloo too.
+    The bucket is cast, divided by the world size, all-reduced, and copied back to fp32.
+    """
+
+    # No annotations: DDP checks them against dist.GradBucket / Future, and postponed
+    # annotations (``from __future__ import annotations``) would arrive as strings.
+    def hook(world_size, bucket):
+        buffer = bucket.buffer()
+        sent = buffer.to(dtype).div_(world_size)
+        fut = dist.all_reduce(sent, async_op=True).get_future()
+
+        def back(f: Any) -> torch.Tensor:
+            buffer.copy_(f.value()[0])
+            return buffer
+
+        return fut.then(back)
+
+    return hook
+
+
 # --- the engine ------------------------------------------------------------------------------------
 class DistributedTorchEngine(TorchEngine):
     """A :class:`TorchEngine` on one rank of a process group; ``config.batch_size`` is the global batch.
@@ -215,14 +238,12 @@ class DistributedTorchEngine(TorchEngine):
         self.scaling = make_distributed_scaling(config, self.torch_device, strategy, agree_found_inf)
 
     def _wrap_ddp(self) -> torch.nn.Module:
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.torch_device.index or 0] if self.torch_device.type == "cuda" else None
         ddp = DistributedDataParallel(self.model, device_ids=ids)
-        hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
-        if self.reduce_dtype in hooks:  # the gradients travel (and are summed) in that dtype
-            ddp.register_comm_hook(dist.group.WORLD, hooks[self.reduce_dtype])
+        if self.reduce_dtype != "fp32":  # the gradients travel (and are summed) in that dtype
+            ddp.register_comm_hook(self.world_size, cast_reduce_hook(DTYPES[self.reduce_dtype]))
         return ddp
 
     def _shard_fsdp(self) -> None:
