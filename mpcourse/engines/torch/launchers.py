@@ -17,7 +17,7 @@ word, and Lightning's ``"16-mixed"`` says it switches to bf16 and does.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -83,7 +83,7 @@ def lightning_run(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fabric = L.Fabric(accelerator=accelerator, devices=1, precision=precision)  # type: ignore[arg-type]
+        fabric = L.Fabric(accelerator=accelerator, devices=1, precision=cast(Any, precision))
         model = build_model("mlp", "small", 64, 10, seed=0)
         seen: list[str] = []
         _watch(model, seen)
