@@ -123,6 +123,7 @@ def _worker(opts: dict[str, Any]) -> dict[str, Any]:
     from mpcourse.config import TrainConfig
     from mpcourse.engines.portable import seed_rngs
     from mpcourse.engines.torch import distributed as D
+    from mpcourse.engines.torch import sharded_checkpoint as C
 
     D.init_distributed(opts["device"])
     try:
@@ -142,9 +143,9 @@ def _worker(opts: dict[str, Any]) -> dict[str, Any]:
         directory = Path(opts["dir"])
         meta: dict[str, Any] = {"skipped": [], "final_loss": None}
         resumed_from = None
-        latest = D.latest_distributed(directory) if opts["resume"] else None
+        latest = C.latest_distributed(directory) if opts["resume"] else None
         if latest is not None:
-            meta = D.load_distributed(eng, latest)["meta"]
+            meta = C.load_distributed(eng, latest)["meta"]
             resumed_from = eng.step
 
         def on_step(engine: Any, rec: Any) -> bool:
@@ -154,12 +155,12 @@ def _worker(opts: dict[str, Any]) -> dict[str, Any]:
             if opts["throttle"]:
                 time.sleep(opts["throttle"])
             if engine.step % opts["every"] == 0:
-                D.save_distributed(engine, directory / f"step_{engine.step:06d}", meta=meta)
+                C.save_distributed(engine, directory / f"step_{engine.step:06d}", meta=meta)
             return False
 
         if eng.step < opts["steps"]:
             eng.fit(ds, steps=opts["steps"] - eng.step, progress=False, callback=on_step)
-        final = D.save_distributed(eng, directory / "final", meta=meta)
+        final = C.save_distributed(eng, directory / "final", meta=meta)
         arrays = model_arrays(eng)  # collective under FSDP: every rank gathers the full model
         if eng.rank == 0:
             np.savez(directory / "final_params.npz", **arrays)  # type: ignore[arg-type]

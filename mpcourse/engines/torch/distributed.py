@@ -9,7 +9,7 @@ does that)::
     cfg = mpc.TrainConfig(precision="fp16", batch_size=64)   # 64 = the GLOBAL batch
     eng = D.DistributedTorchEngine("mlp", cfg, strategy="fsdp", reduce_dtype="fp32")
     eng.fit(mpc.data.load("digits"), steps=20)        # each rank trains on its part of a batch
-    D.save_distributed(eng, "run/step_000020")        # torch.distributed.checkpoint
+    save_distributed(eng, "run/step_000020")          # engines/torch/sharded_checkpoint.py
     eng.state_dict()                                  # full (gathered) tensors, as one process saves
 
 What changes against one process:
@@ -34,11 +34,8 @@ What changes against one process:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,9 +56,6 @@ __all__ = [
     "shutdown_distributed",
     "comm_backend",
     "elastic_run",
-    "save_distributed",
-    "load_distributed",
-    "latest_distributed",
     "local_bytes",
     "model_sha256",
 ]
@@ -224,6 +218,8 @@ class DistributedTorchEngine(TorchEngine):
             raise ValueError("master_weights=False (pure half) is not supported under torch.distributed")
         if strategy == "fsdp" and config.clip is not None:
             raise ValueError("clip= is not supported with strategy='fsdp' (its gradients are sharded); use 'ddp'")
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}"  # this rank's GPU (init_distributed set it)
         super().__init__(model, config, device, loss_fn, num_features, num_classes, size)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.strategy, self.reduce_dtype = strategy, reduce_dtype
@@ -350,11 +346,14 @@ def local_bytes(engine: DistributedTorchEngine) -> dict[str, int]:
 
     params = list(engine.model.parameters())
     optim = [v for s in engine.optimizer.state.values() for v in s.values()]
-    return {
+    out = {
         "params": sum(size(p) for p in params),
         "grads": sum(size(p.grad) for p in params if p.grad is not None),
         "optimizer": sum(size(v) for v in optim),
     }
+    if engine.torch_device.type == "cuda":  # the allocator's own counter, activations included
+        out["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated(engine.torch_device))
+    return out
 
 
 def _local(t: Any) -> Any:
@@ -369,79 +368,3 @@ def _cpu_tree(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_cpu_tree(v) for v in obj]
     return obj
-
-
-# --- torch.distributed.checkpoint: each rank writes its shard ----------------------------------------
-def save_distributed(
-    engine: DistributedTorchEngine, path: str | os.PathLike[str], meta: dict[str, Any] | None = None
-) -> Path:
-    """Save model and optimizer shards with ``torch.distributed.checkpoint``, plus scaler and data position.
-
-    ``meta`` (JSON values, rank 0's) is stored beside them. Collective: every rank calls it.
-    The files go to ``path + ".tmp"``, which rank 0 renames to ``path`` once every rank has
-    written: a run killed mid-save leaves only a ``.tmp`` folder, which
-    :func:`latest_distributed` ignores.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    final = Path(path)
-    tmp = final.with_name(final.name + ".tmp")
-    if engine.rank == 0 and tmp.exists():
-        shutil.rmtree(tmp)
-    dist.barrier()
-    model, optim = get_state_dict(engine.model, engine.optimizer)
-    dcp.save({"model": model, "optim": optim}, checkpoint_id=str(tmp))
-    if engine.rank == 0:
-        extra = {
-            "step": engine.step,
-            "epoch": engine.epoch,
-            "batch_in_epoch": engine.batch_in_epoch,
-            "scaler": engine.scaling.state_dict(),
-            "describe": engine.describe(),
-            "meta": meta or {},
-        }
-        (tmp / "mpcourse.json").write_text(json.dumps(extra))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    dist.barrier()
-    return final
-
-
-def load_distributed(engine: DistributedTorchEngine, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Restore what :func:`save_distributed` wrote (collective); returns its ``mpcourse.json`` record.
-
-    Raises:
-        ValueError: the checkpoint is for another strategy, world size, model or config; nothing
-            is loaded then.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    path = Path(path)
-    extra = json.loads((path / "mpcourse.json").read_text())
-    mine = engine.describe()
-    for key in ("strategy", "world_size", "model", "config"):
-        if extra["describe"].get(key) != mine.get(key):
-            raise ValueError(
-                f"{path} was saved with {key}={extra['describe'].get(key)!r}, this engine has {key}={mine.get(key)!r}"
-            )
-    if extra["scaler"].get("kind") != engine.scaling.kind:
-        raise ValueError(f"{path} has a {extra['scaler'].get('kind')!r} scaler, this engine {engine.scaling.kind!r}")
-    model, optim = get_state_dict(engine.model, engine.optimizer)
-    dcp.load({"model": model, "optim": optim}, checkpoint_id=str(path))  # in place, into these dicts
-    set_state_dict(engine.model, engine.optimizer, model_state_dict=model, optim_state_dict=optim)
-    engine.scaling.load_state_dict(extra["scaler"])
-    engine.step, engine.epoch, engine.batch_in_epoch = extra["step"], extra["epoch"], extra["batch_in_epoch"]
-    return dict(extra)
-
-
-def latest_distributed(directory: str | os.PathLike[str]) -> Path | None:
-    """The newest complete ``step_NNNNNN`` checkpoint folder in ``directory``, or None."""
-    found = sorted(
-        p
-        for p in Path(directory).glob("step_*")
-        if p.is_dir() and p.suffix != ".tmp" and (p / "mpcourse.json").exists()
-    )
-    return found[-1] if found else None
