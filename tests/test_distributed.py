@@ -255,6 +255,25 @@ def test_mlx_world_of_one_is_the_plain_engine(digits: Any) -> None:
 
 
 @mlx_only
+def test_mlx_reduce_dtype_rounds_the_gradients(digits: Any) -> None:
+    from mlx.utils import tree_flatten
+
+    from mpcourse.engines.mlx import distributed as MD
+
+    cfg = mpc.TrainConfig(precision="fp32", batch_size=64)
+    ref = MD.DistributedMLXEngine("mlp", cfg, device="cpu")
+    low = MD.DistributedMLXEngine("mlp", cfg, device="cpu", reduce_dtype="bf16")
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    _, g_ref, _, _ = ref.batch_gradients(x, y)
+    _, g_low, _, _ = low.batch_gradients(x, y)
+    a = np.concatenate([np.asarray(v).ravel() for _, v in tree_flatten(g_ref)])
+    b = np.concatenate([np.asarray(v).ravel() for _, v in tree_flatten(g_low)])
+    rel = np.linalg.norm(b - a) / np.linalg.norm(a)
+    # even at world size 1 the "sum" is a cast to bf16: about its unit roundoff (2**-9 = 2e-3)
+    assert 2e-4 < rel < 1e-2
+
+
+@mlx_only
 def test_mlx_inject_skips_at_world_of_one(digits: Any) -> None:
     from mpcourse.engines.mlx import distributed as MD
 
