@@ -130,13 +130,46 @@ FSDP = ["--steps", "12", "--every", "4", "--precision", "fp16", "--nproc", "2", 
 INJECT = ["--inject-inf", "5:1"]
 
 
+def _popen_train(*args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "mpcourse", "train", *args]
+    return subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
 @pytest.fixture(scope="module")
-def fsdp_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _train("--dir", str(tmp_path_factory.mktemp("fsdp_ref")), *FSDP, *INJECT)
+def fsdp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An uninterrupted FSDP2 run and, at the same time, a twin killed mid-run and then resumed.
+
+    The two 2-process runs overlap: torchrun's ``--standalone`` rendezvous on ``localhost:0``
+    gives each its own free port, so they cannot clash.
+    """
+    base = tmp_path_factory.mktemp("fsdp")
+    run = base / "crash"
+    # Slow steps (3 s) keep the twin alive for the whole uninterrupted run, whatever the load;
+    # it checkpoints every 2 steps (checkpointing changes no parameter).
+    twin = [*FSDP, *INJECT, "--every", "2"]  # the last --every wins
+    crash = _popen_train("--dir", str(run), *twin, "--throttle", "3")
+    full = _popen_train("--dir", str(base / "full"), *FSDP, *INJECT)
+    try:
+        out, err = full.communicate(timeout=240)
+        assert full.returncode == 0, err[-3000:]
+        overlapped = crash.poll() is None  # started before it, still running after it: both at once
+        deadline = time.monotonic() + 180
+        while not (run / "step_000002" / "mpcourse.json").exists():
+            assert crash.poll() is None, crash.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(crash.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+        crash.communicate()
+    killed_early = not (run / "final").exists()
+    resumed = _train("--dir", str(run), *twin, "--resume")
+    return {"full": _json_line(out), "resumed": resumed, "overlapped": overlapped, "killed_early": killed_early}
 
 
-def test_fsdp_inject_inf_on_rank_1_skips_on_both_ranks(fsdp_reference: dict[str, Any]) -> None:
-    out = fsdp_reference
+def test_fsdp_inject_inf_on_rank_1_skips_on_both_ranks(fsdp_runs: dict[str, Any]) -> None:
+    out = fsdp_runs["full"]
     assert out["strategy"] == "fsdp" and out["world_size"] == 2
     assert out["skipped_by_rank"] == [[5], [5]]  # rank 0 saw finite gradients, and skipped too
     assert out["skipped_steps"] == 1
@@ -149,25 +182,18 @@ def test_fsdp_inject_inf_on_rank_1_skips_on_both_ranks(fsdp_reference: dict[str,
         assert held["optimizer"] <= 2 * held["params"] + 64
 
 
-def test_killed_fsdp_run_resumes_to_the_same_parameters(tmp_path: Path, fsdp_reference: dict[str, Any]) -> None:
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mpcourse", "train", "--dir", str(run), *FSDP, *INJECT, "--throttle", "0.4"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not (run / "step_000004" / "mpcourse.json").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
-        proc.communicate()
-    assert not (run / "final").exists()  # it really died before the end
-    out = _train("--dir", str(run), *FSDP, *INJECT, "--resume")
-    assert 4 <= out["resumed_from"] < 12
-    assert out["params_sha256_by_rank"] == fsdp_reference["params_sha256_by_rank"]
-    assert out["final_scale"] == fsdp_reference["final_scale"]
-    assert out["skipped_steps"] == 1 and out["final_loss"] == fsdp_reference["final_loss"]
+def test_two_runs_at_once_pick_their_own_ports(fsdp_runs: dict[str, Any]) -> None:
+    assert fsdp_runs["overlapped"]  # the other run's workers were alive from before its start to after its end
+    assert fsdp_runs["full"]["steps"] == 12
+
+
+def test_killed_fsdp_run_resumes_to_the_same_parameters(fsdp_runs: dict[str, Any]) -> None:
+    full, out = fsdp_runs["full"], fsdp_runs["resumed"]
+    assert fsdp_runs["killed_early"]  # it really died before the end
+    assert 2 <= out["resumed_from"] < 12
+    assert out["params_sha256_by_rank"] == full["params_sha256_by_rank"]
+    assert out["final_scale"] == full["final_scale"]
+    assert out["skipped_steps"] == 1 and out["final_loss"] == full["final_loss"]
 
 
 # --- measured facts: reduction dtype, fp8 on gloo, the drill with and without agreement, memory -----
