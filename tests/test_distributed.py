@@ -73,6 +73,8 @@ def test_inject_inf_parses_step_and_rank() -> None:
         (["--nproc", "0"], "--nproc must be"),
         (["--nproc", "2", "--backend", "mlx"], "need --backend torch"),
         (["--nproc", "2", "--fallback"], "--fallback is not supported"),
+        (["--nproc", "2", "--every", "0"], "--every must be"),
+        (["--nproc", "2", "--batch-size", "1"], "smaller than --nproc"),
     ],
 )
 def test_bad_distributed_flags_are_refused(tmp_path: Path, extra: list[str], match: str) -> None:

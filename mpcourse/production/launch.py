@@ -76,6 +76,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--fallback is not supported with --nproc/--strategy (one precision per distributed run)")
     if args.inject_inf is not None and args.inject_inf[1] >= args.nproc:
         raise ValueError(f"--inject-inf rank {args.inject_inf[1]} does not exist with --nproc {args.nproc}")
+    for flag, value in (("--steps", args.steps), ("--every", args.every)):
+        if value < 1:
+            raise ValueError(f"{flag} must be an int >= 1, got {value!r}")
     if args.batch_size < args.nproc:
         raise ValueError(f"--batch-size {args.batch_size} is smaller than --nproc {args.nproc}")
 
