@@ -6,6 +6,7 @@ Usage::
     mpcourse demo --backend mlx --epochs 5
     mpcourse doctor                     # backends, devices, versions; does fp16/bf16/fp8 really run?
     mpcourse bench                      # the benchmark grid (notebook 03)
+    mpcourse train --dir run --steps 40 --nproc 2 --strategy ddp   # crash-safe, multi-process
     mpcourse lab                        # JupyterLab at notebook 01
     mpcourse site _site                 # the static course site, built offline
 
@@ -120,6 +121,7 @@ def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
 
 _PASSTHROUGH = {
     "bench": ("mpcourse.bench", "bench_main", "run the benchmark grid and record results"),
+    "train": ("mpcourse.production.launch", "train_main", "crash-safe training; --nproc K for real processes"),
     "lab": ("mpcourse.authoring.notebooks", "lab_main", "open JupyterLab at the course"),
     "site": ("mpcourse.authoring.site", "site_main", "build the static course site (offline)"),
 }

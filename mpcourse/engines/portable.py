@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse.fingerprint import sha256_arrays
+
 __all__ = [
     "FrameworkArray",
     "to_numpy_tree",
@@ -35,6 +37,8 @@ __all__ = [
     "activation_count",
     "device_memory_bytes",
     "array_leaves",
+    "model_arrays",
+    "model_sha256",
 ]
 
 FRAMEWORKS: tuple[str, ...] = ("torch", "mlx")
@@ -323,3 +327,18 @@ def device_memory_bytes(engine: Any) -> float | None:
     import mlx.core as mx
 
     return float(mx.get_active_memory())
+
+
+# --- fingerprints ----------------------------------------------------------------------------------
+def model_arrays(engine: Any) -> dict[str, np.ndarray]:
+    """The engine's full model state as numpy arrays by name (collective under FSDP).
+
+    The torch engines' ``model`` state dict, or the MLX engine's ``master`` weights.
+    """
+    framework = engine.state_dict()["framework"]
+    return array_leaves(to_numpy_tree(framework["model"] if "model" in framework else framework["master"]))
+
+
+def model_sha256(engine: Any, arrays: dict[str, np.ndarray] | None = None) -> str:
+    """SHA-256 of the engine's full model state (names and float32 values, in name order)."""
+    return sha256_arrays(model_arrays(engine) if arrays is None else arrays)

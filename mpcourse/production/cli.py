@@ -5,6 +5,7 @@ Usage::
     python -m mpcourse.production train --dir run --steps 300 --every 25
     python -m mpcourse.production train --dir run --steps 300 --every 25 --resume   # after a kill
     python -m mpcourse.production train --dir run --steps 300 --resume --allow-fresh-start
+    python -m mpcourse.production train --dir run --steps 300 --nproc 2 --strategy fsdp   # see launch.py
 
 A refused flag (``--steps 0``, ``--device tpu``, a ``--resume`` with no valid checkpoint of this
 run ...) exits with status 2 and one line on stderr naming the flag, the value and what is
@@ -31,6 +32,7 @@ from mpcourse.engines import ZOO
 from mpcourse.engines.base import DeviceUnavailableError
 from mpcourse.production.checkpoint import CheckpointError, CheckpointManager, save_checkpoint
 from mpcourse.production.fallback import FallbackPolicy
+from mpcourse.production.launch import parse_inject, run_distributed, summary_fields, wants_processes
 from mpcourse.production.trainer import Trainer
 
 __all__ = ["main", "UsageError", "check_flags", "int_at_least", "number_in", "DEVICES"]
@@ -119,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --resume: start from step 0 when no valid checkpoint of this run exists (else: exit 2)",
     )
     t.add_argument("--out", default=None, help="final checkpoint (default DIR/final.mpck)")
+    # Real processes through torch.distributed (mpcourse.production.launch):
+    t.add_argument(
+        "--nproc", type=int_at_least(1), default=1, help="processes; >1 launches them with torch's elastic launcher"
+    )
+    t.add_argument("--strategy", default=None, choices=["ddp", "fsdp"], help="data parallel strategy (default ddp)")
+    t.add_argument("--reduce-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="gradient reduction dtype")
+    t.add_argument("--inject-inf", type=parse_inject, default=None, metavar="STEP:RANK", help="plant an inf gradient")
     return ap
 
 
@@ -150,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     except UsageError as err:
         return _fail(str(err))
+    if wants_processes(args):
+        return run_distributed(args)
     seed_rngs(args.backend, args.seed)  # a resumed run gets the saved RNG state back instead
     mgr = CheckpointManager(args.dir, every=args.every, keep=args.keep)
     try:
@@ -202,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "removed_tmp": [p.name for p in removed],
                 "precision": tr.engine.config.precision,
                 "events": tr.events,
+                **summary_fields(tr.engine, tr.history),
             }
         )
     )

@@ -236,7 +236,7 @@ class MLXEngine(Engine):
     ) -> tuple[mx.array, Any, mx.array, mx.array]:
         """Loss, unscaled fp32 gradients, their norm and found_inf (nothing is updated)."""
         (_, loss), grads = mx.value_and_grad(self._scaled_loss)(self._master["params"], x, y, scale)
-        grads = tree_map(lambda g: g.astype(mx.float32), grads)
+        grads = self._reduce_gradients(tree_map(lambda g: g.astype(mx.float32), grads))
         if self.scaler.skips_nonfinite:  # a real scaler (the no-op one's scale is always 1)
             grads = tree_map(lambda g: g * inv_scale, grads)  # unscale in fp32
         # One reduction: inf or nan in any gradient makes the sum of squares non-finite. (It
@@ -244,7 +244,15 @@ class MLXEngine(Engine):
         leaves = [g for _, g in tree_flatten(grads)]
         sq = mx.sum(mx.stack([mx.sum(mx.square(g)) for g in leaves])) if leaves else mx.array(0.0)
         norm = mx.sqrt(sq)
-        return loss, grads, norm, mx.logical_not(mx.isfinite(norm))
+        return loss, grads, norm, self._agree_found_inf(mx.logical_not(mx.isfinite(norm)))
+
+    def _reduce_gradients(self, grads: Any) -> Any:
+        """Hook: the distributed engine averages the gradients over the ranks here."""
+        return grads
+
+    def _agree_found_inf(self, found_inf: mx.array) -> mx.array:
+        """Hook: the distributed engine sums the inf/nan flag over the ranks here."""
+        return found_inf
 
     def _update(self, grads: Any, skip: mx.array | None) -> None:
         params = self._master["params"]

@@ -229,14 +229,23 @@ class TorchEngine(Engine):
         policy needs the verdict (never clip a step that will be skipped).
         """
         self.scaling.scale_loss(loss).backward()
+        self._after_backward()
         scale_t = self.scaling.scale_tensor()
         grads = self.grads()
         found_t, norm_t = self.scaling.unscale_(self.optimizer, grads)
+        norm_t = self._global_norm(norm_t)
         clipped = False
         if self.config.clip is not None and not bool(found_t):
             clipped = self._clip_(grads, norm_t)
         self.scaling.step(self.optimizer, found_t)
         return scale_t, found_t, norm_t, clipped
+
+    def _after_backward(self) -> None:
+        """Hook between the backward pass and the unscale (the distributed engine plants a drill's inf here)."""
+
+    def _global_norm(self, norm_t: torch.Tensor) -> torch.Tensor:
+        """The gradient norm over the whole model (the sharded engine sums its shards' norms here)."""
+        return norm_t
 
     @torch.no_grad()
     def _predict(self, x: np.ndarray, y: np.ndarray, labels: bool) -> tuple[float, int]:
