@@ -121,7 +121,7 @@ def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
 
 _PASSTHROUGH = {
     "bench": ("mpcourse.bench", "bench_main", "run the benchmark grid and record results"),
-    "train": ("mpcourse.production.launch", "train_main", "crash-safe training; --nproc K for real processes"),
+    "train": ("mpcourse.production.cli", "train_main", "crash-safe training; --nproc K for real processes"),
     "lab": ("mpcourse.authoring.notebooks", "lab_main", "open JupyterLab at the course"),
     "site": ("mpcourse.authoring.site", "site_main", "build the static course site (offline)"),
 }

@@ -69,10 +69,15 @@ def test_framework_rooms_have_the_same_file_names() -> None:
     torch_files = {p.name for p in (PKG / "engines" / "torch").glob("*.py")}
     mlx_files = {p.name for p in (PKG / "engines" / "mlx").glob("*.py")}
     assert mlx_files <= torch_files | {"distributed.py", "fp8.py", "arrays.py"}
-    # MLX has no GradScaler and no TensorBoard writer of its own: these twins are absent on purpose.
+    # MLX has no GradScaler, no TensorBoard writer, no sharded checkpoint or collectives of torch's kind
+    # and no Accelerate/Lightning launchers: these twins are absent on purpose.
     assert torch_files - mlx_files <= {
         "scaling.py",
         "tensorboard.py",
+        "sharded_checkpoint.py",
+        "collectives.py",
+        "launchers.py",
+        "recipes.py",
         "inspect.py",
         "support.py",
         "distributed.py",

@@ -32,10 +32,16 @@ from mpcourse.engines import ZOO
 from mpcourse.engines.base import DeviceUnavailableError
 from mpcourse.production.checkpoint import CheckpointError, CheckpointManager, save_checkpoint
 from mpcourse.production.fallback import FallbackPolicy
-from mpcourse.production.launch import parse_inject, run_distributed, summary_fields, wants_processes
+from mpcourse.production.launch import (
+    check_distributed,
+    parse_inject,
+    run_distributed,
+    summary_fields,
+    wants_processes,
+)
 from mpcourse.production.trainer import Trainer
 
-__all__ = ["main", "UsageError", "check_flags", "int_at_least", "number_in", "DEVICES"]
+__all__ = ["main", "train_main", "UsageError", "check_flags", "int_at_least", "number_in", "DEVICES"]
 
 PROG = "python -m mpcourse.production"
 
@@ -155,9 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         check_flags(args)
+        if wants_processes(args):
+            check_distributed(args)  # ValueError: a flag a distributed run cannot honour
     except SystemExit as stop:  # argparse: a refused flag (2) or --help (0)
         return int(stop.code or 0)
-    except UsageError as err:
+    except ValueError as err:  # UsageError included: one line, exit 2, nothing written
         return _fail(str(err))
     if wants_processes(args):
         return run_distributed(args)
@@ -218,3 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def train_main(argv: list[str]) -> int:
+    """``mpcourse train ...``: this module's ``train`` command."""
+    return main(["train", *argv])

@@ -33,7 +33,7 @@ import numpy as np
 
 from mpcourse.engines.portable import model_arrays, model_sha256
 
-__all__ = ["parse_inject", "wants_processes", "run_distributed", "summary_fields", "train_main"]
+__all__ = ["parse_inject", "wants_processes", "check_distributed", "run_distributed", "summary_fields"]
 
 
 def parse_inject(text: str) -> tuple[int, int]:
@@ -67,7 +67,8 @@ def summary_fields(engine: Any, history: Any, world_size: int = 1) -> dict[str, 
     }
 
 
-def _check(args: argparse.Namespace) -> None:
+def check_distributed(args: argparse.Namespace) -> None:
+    """Refuse, before any process starts, flags that a distributed run cannot honour (ValueError)."""
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
         raise ValueError(f"--nproc must be an int >= 1, got {args.nproc!r}")
     if args.backend != "torch":
@@ -85,7 +86,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run_distributed(args: argparse.Namespace) -> int:
     """Launch ``args.nproc`` workers, wait for them, print the run's JSON line; returns 0."""
-    _check(args)
+    check_distributed(args)
     from mpcourse.engines.torch.distributed import elastic_run
 
     opts = {k: getattr(args, k) for k in _OPTS}
@@ -180,10 +181,3 @@ def _worker(opts: dict[str, Any]) -> dict[str, Any]:
         }
     finally:
         D.shutdown_distributed()
-
-
-def train_main(argv: list[str]) -> int:
-    """``mpcourse train ...``: the production CLI's ``train`` command."""
-    from mpcourse.production.cli import main
-
-    return main(["train", *argv])
