@@ -19,7 +19,7 @@ import platform
 import sys
 from typing import Any
 
-__all__ = ["cpu_model", "cpu_flags", "LOW_PRECISION_FLAGS", "host"]
+__all__ = ["cpu_model", "cpu_flags", "LOW_PRECISION_FLAGS", "NATIVE_HALF_FLAGS", "native_half_units", "host"]
 
 #: CPU flags that matter for fp16/bf16 matmuls, in the order they are printed.
 LOW_PRECISION_FLAGS: tuple[str, ...] = (
@@ -64,6 +64,29 @@ def cpu_flags(wanted: tuple[str, ...] = LOW_PRECISION_FLAGS) -> list[str] | None
         return None
     have = set(flags.split())
     return [w for w in wanted if w in have]
+
+
+#: The flags that let a CPU multiply in bf16 or fp16 itself, instead of converting to fp32:
+#: ``avx512_bf16`` (bf16 dot products: Intel Cooper Lake and later, AMD Zen 4 and later),
+#: ``avx512_fp16`` (Intel Sapphire Rapids and later), ``amx_bf16`` (Sapphire Rapids and later),
+#: ``amx_fp16`` (Granite Rapids). ``f16c`` only converts.
+NATIVE_HALF_FLAGS: tuple[str, ...] = ("avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
+def native_half_units(flags: list[str] | None = None) -> list[str] | None:
+    """Which of :data:`NATIVE_HALF_FLAGS` this CPU has (or ``flags`` has), in that order.
+
+    Usage::
+
+        hardware.native_half_units()            # e.g. [] on an AVX2-only CPU, None if unreadable
+        hardware.native_half_units(["avx2", "avx512_bf16"])   # ['avx512_bf16']
+
+    Returns None where the CPU's flags cannot be read (macOS, Windows): then nothing is known.
+    """
+    have = cpu_flags(NATIVE_HALF_FLAGS) if flags is None else flags
+    if have is None:
+        return None
+    return [f for f in NATIVE_HALF_FLAGS if f in have]
 
 
 def host() -> dict[str, Any]:

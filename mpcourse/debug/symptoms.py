@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse import hardware
 from mpcourse.history import History
 
 __all__ = ["Finding", "Diagnosis", "Thresholds", "diagnose", "KINDS"]
@@ -433,6 +434,28 @@ def _throughput(h: History, warmup: int) -> float:
     return float(np.median(samples[ok] / sec[ok])) if ok.any() else float("nan")
 
 
+def _cpu_speed_fix(units: list[str] | None) -> str:
+    """What a missing speedup on a CPU means, from the flags of the CPU this runs on."""
+    if units is None:
+        return (
+            "this CPU's flags cannot be read, so whether it multiplies in fp16/bf16 is unknown; without "
+            "bf16/fp16 instructions the casts cost time and nothing is gained. Measure fp32 against "
+            "bf16 and fp16 here (mpcourse bench) before choosing"
+        )
+    if not units:
+        return (
+            "expected on this CPU: it has none of " + ", ".join(hardware.NATIVE_HALF_FLAGS) + ", so a "
+            "half-precision matmul is a conversion plus fp32 work and the casts cost time; measure the "
+            "speedup where you will train (a GPU with tensor cores), and use mixed precision on this "
+            "CPU only to save memory"
+        )
+    return (
+        "this CPU has " + ", ".join(units) + ", so it can multiply in half precision: check that the "
+        "precision you chose is the one it supports (bf16 for avx512_bf16/amx_bf16), grow the batch and "
+        "the widths, and compare with mpcourse bench; a model this small may be dominated by overhead"
+    )
+
+
 def _no_speedup(h: History, ref: History | None, ref_throughput: float | None, t: Thresholds) -> Finding | None:
     if _precision(h) == "fp32" or (ref is None and ref_throughput is None):
         return None
@@ -454,11 +477,7 @@ def _no_speedup(h: History, ref: History | None, ref_throughput: float | None, t
         f"median step {step_ms:.3g} ms, device {device})"
     )
     if device == "cpu":
-        fix = (
-            "expected on a CPU: it has no fast fp16/bf16 matrix units, so the casts cost time and "
-            "nothing is gained; measure the speedup on a GPU (tensor cores), and use mixed "
-            "precision on CPU only to save memory"
-        )
+        fix = _cpu_speed_fix(hardware.native_half_units())
     else:
         fix = (
             "the model is too small: fixed per-step costs (kernel launches, casts, the scaler's "
