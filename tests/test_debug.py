@@ -471,3 +471,12 @@ def test_no_speedup_on_a_cpu_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(symptoms.hardware, "native_half_units", lambda units=units: units)
         fix = debug.diagnose(slow, reference=ref)[0].fix
         assert expected in fix, (units, fix)
+
+
+def test_no_speedup_evidence_shows_the_spread() -> None:
+    ref = _history([0.02] * 15 + [0.03] * 15, "fp32")
+    slow = _history([0.04] * 15 + [0.05] * 15)
+    f = debug.diagnose(slow, reference=ref)[0]
+    lo, hi = f.values["speedup_p10"], f.values["speedup_p90"]
+    assert lo == pytest.approx((64 / 0.05) / (64 / 0.02)) and hi == pytest.approx((64 / 0.04) / (64 / 0.03))
+    assert f"p10-p90 range {lo:.2f}-{hi:.2f}x" in f.evidence

@@ -448,6 +448,11 @@ def test_validate_reports_measured_runs(backend: str, digits: mpc.data.Dataset, 
     assert rep.accuracy_diff == pytest.approx(100 * (rep.mixed_accuracy - rep.fp32_accuracy))
     assert rep.overflow_rate == rep.mixed_history.overflow_rate and rep.speedup > 0
     assert rep.passed == all(c.passed for c in rep.checks)
+    lo, hi = rep.speedup_spread  # the p10-p90 range of the same step times the speedup comes from
+    a = [r.seconds / r.samples for r in rep.fp32_history.records[5:]]
+    b = [r.seconds / r.samples for r in rep.mixed_history.records[5:]]
+    assert lo == pytest.approx(np.percentile(a, 10) / np.percentile(b, 90)) and lo <= rep.speedup <= hi
+    assert rep.speedup_text == f"{rep.speedup:.2f}x (p10-p90 {lo:.2f}-{hi:.2f}x)"
     bad = prod.validate(storm, backend=backend, precision="fp16", epochs=1, device="cpu")
     assert bad.overflow_rate == 1.0 and not bad.passed
     assert [r["result"] for r in bad.table()][1] == "FAIL"

@@ -434,6 +434,20 @@ def _throughput(h: History, warmup: int) -> float:
     return float(np.median(samples[ok] / sec[ok])) if ok.any() else float("nan")
 
 
+def _speedup_spread(h: History, ref: History, warmup: int) -> tuple[float, float]:
+    """p10-p90 range of a speedup: this run's slowest steps against the reference's fastest, and back."""
+
+    def rates(x: History) -> np.ndarray:
+        sec, samples = x.column("seconds").astype(float)[warmup:], x.column("samples").astype(float)[warmup:]
+        return samples[sec > 0] / sec[sec > 0]
+
+    mine, theirs = rates(h), rates(ref)
+    return (
+        float(np.percentile(mine, 10) / np.percentile(theirs, 90)),
+        float(np.percentile(mine, 90) / np.percentile(theirs, 10)),
+    )
+
+
 def _cpu_speed_fix(units: list[str] | None) -> str:
     """What a missing speedup on a CPU means, from the flags of the CPU this runs on."""
     if units is None:
@@ -472,9 +486,14 @@ def _no_speedup(h: History, ref: History | None, ref_throughput: float | None, t
     step_ms = 1e3 * float(np.median(h.column("seconds")[t.timing_warmup :]))
     values = {"speedup": speedup, "samples_per_s": mine, "reference_samples_per_s": theirs, "median_step_ms": step_ms}
     symptom = f"no speedup: {_precision(h)} runs at {speedup:.2f}x the reference's speed (wanted >= {t.min_speedup:g}x)"
+    spread = ""
+    if ref is not None and ref_throughput is None:
+        lo, hi = _speedup_spread(h, ref, t.timing_warmup)
+        values.update(speedup_p10=lo, speedup_p90=hi)
+        spread = f"; the speedup's p10-p90 range {lo:.2f}-{hi:.2f}x"
     evidence = (
         f"median {mine:.4g} samples/s against {theirs:.4g} (steps {t.timing_warmup} on, "
-        f"median step {step_ms:.3g} ms, device {device})"
+        f"median step {step_ms:.3g} ms, device {device}){spread}"
     )
     if device == "cpu":
         fix = _cpu_speed_fix(hardware.native_half_units())
