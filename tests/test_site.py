@@ -74,7 +74,7 @@ def test_build_offline_every_notebook_page_has_plotly_figures(
         assert not _FETCHED.findall(text), f"{html_file} loads something over the network"
         assert "cdn.plot.ly" not in text and "unpkg.com" not in text and "cdnjs" not in text
     assert (out / "assets" / "plotly.min.js").stat().st_size > 1_000_000
-    assert {"index.html", "syllabus.html", "exercises.html"} <= set(report.pages)
+    assert {"index.html", "syllabus.html", "exercises.html", "glossary.html"} <= set(report.pages)
     assert report.figures >= len(notebooks)
 
 

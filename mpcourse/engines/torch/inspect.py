@@ -58,7 +58,7 @@ AUTOCAST_LOWER_OPS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 #: Ops autocast runs in fp32, per device type, as the torch docs list them (the CPU list also
-#: has the fft_* and linalg_* families, shortened here to their prefixes).
+#: has the fft_* and linalg_* families, shortened here to those two patterns).
 AUTOCAST_FP32_OPS: dict[str, tuple[str, ...]] = {
     "cuda": (
         "__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin", "binary_cross_entropy_with_logits",
@@ -77,7 +77,7 @@ AUTOCAST_FP32_OPS: dict[str, tuple[str, ...]] = {
         "replication_pad2d", "replication_pad3d", "mse_loss", "cosine_embedding_loss", "nll_loss",
         "nll_loss2d", "hinge_embedding_loss", "poisson_nll_loss", "cross_entropy_loss", "smooth_l1_loss",
         "huber_loss", "margin_ranking_loss", "soft_margin_loss", "triplet_margin_loss", "multi_margin_loss",
-        "ctc_loss", "kl_div", "multilabel_margin_loss", "binary_cross_entropy_with_logits", "fft_", "linalg_",
+        "ctc_loss", "kl_div", "multilabel_margin_loss", "binary_cross_entropy_with_logits", "fft_*", "linalg_*",
         "geqrf", "_lu_with_info", "qr", "svd", "triangular_solve", "fractional_max_pool2d",
         "fractional_max_pool3d", "adaptive_max_pool3d", "multilabel_margin_loss_forward",
     ),
@@ -104,7 +104,7 @@ def autocast_list(op: str, device_type: str) -> str | None:
     name = _doc_name(op)
     if name in AUTOCAST_LOWER_OPS[dev]:
         return "16-bit"
-    if any(name == o or (o.endswith("_") and name.startswith(o)) for o in AUTOCAST_FP32_OPS[dev]):
+    if any(name == o or (o.endswith("*") and name.startswith(o[:-1])) for o in AUTOCAST_FP32_OPS[dev]):
         return "fp32"
     return None
 
