@@ -462,3 +462,11 @@ def test_recorded_speedup_names_the_hardware_or_says_none(tmp_path: Path, capsys
     assert capsys.readouterr().out == ""
     shipped = bench.recorded_speedup(show=False)  # the course's own files: every row names its hardware
     assert all(f["measured"] and f["source"].endswith(".jsonl") for f in shipped)
+
+
+def test_the_slower_note_reads_the_cpu_flags() -> None:
+    from mpcourse.bench.cli import _cpu_note
+
+    assert "no bf16/fp16 instructions" in _cpu_note([])
+    assert "has avx512_bf16" in _cpu_note(["avx512_bf16"])
+    assert "cannot be read" in _cpu_note(None)
