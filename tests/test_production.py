@@ -522,3 +522,49 @@ def test_switch_precision_keeps_a_users_own_model(digits: mpc.data.Dataset) -> N
     pure = _engine("torch", digits, precision="bf16", master_weights=False)
     with pytest.raises(ValueError, match="needs fp32 master weights"):
         prod.switch_precision(pure, "fp32")
+
+
+def test_monitor_overflow_alert_fires_once_per_crossing_and_rearms() -> None:
+    mon = Monitor(window=4, memory=False, max_overflow_rate=0.25)
+    pattern = [False, False, False, True, True, False, False, False, False, True, True, True]
+    for i, inf in enumerate(pattern):
+        mon.update(_rec(i, inf))
+    # window 4: the rate passes 1/4 at step 4 (steps 1..4 hold two overflows), falls back to
+    # 0 by step 8 (re-armed), passes again at step 10 (steps 7..10: two overflows).
+    assert [(a["step"], a["kind"], a["window"]) for a in mon.alerts] == [
+        (4, "overflow_rate", (1, 4)),
+        (10, "overflow_rate", (7, 10)),
+    ]
+    assert mon.alerts[0]["value"] == 0.5 and mon.alerts[0]["threshold"] == 0.25
+    assert mon.summary()["alerts"] == 2 and "2 alert(s)" in repr(mon)
+    assert Monitor(window=4, memory=False).alerts == []  # no threshold, no overflow alert
+
+
+def test_monitor_nan_alert_and_warnings() -> None:
+    mon = Monitor(window=2, memory=False, warn=True)
+    bad = dataclasses.replace(_rec(1, True), loss=float("nan"))
+    mon.update(_rec(0, False))
+    with pytest.warns(UserWarning, match="mpcourse monitor: nan"):
+        mon.update(bad)
+    mon.update(dataclasses.replace(bad, step=2))
+    assert [(a["step"], a["kind"]) for a in mon.alerts] == [(1, "nan")]  # the first one only
+    for bad_rate in (1.0, -0.1, True, "5%"):
+        with pytest.raises(ValueError, match="max_overflow_rate must be None or a number"):
+            Monitor(max_overflow_rate=bad_rate)
+
+
+def test_long_run_grows_to_the_clamp_and_stays(digits: mpc.data.Dataset) -> None:
+    from mpcourse.production import long_run
+
+    cfg = long_run.rust_report_config()
+    assert (cfg.precision, cfg.init_scale, cfg.growth_interval, cfg.min_scale, cfg.max_scale) == (
+        "fp16", 65536.0, 2000, 1.0, 262144.0)  # fmt: skip
+    # The same rule at a scale a unit test can run: growth every 5 steps, clamp 4x the start.
+    small = long_run.rust_report_config(growth_interval=5, max_scale=4 * 65536.0)
+    run = long_run.run(digits, small, steps=20, window=5)
+    assert run.milestones() == [(0, 65536.0), (5, 131072.0), (10, 262144.0)]
+    assert run.clamp_reached_at == 10 and max(run.history.scales) == 262144.0  # never past the clamp
+    s = run.summary()
+    assert s["steps"] == 20 and s["skipped_steps"] == 0 and s["alerts"] == [] and 0 <= s["accuracy"] <= 1
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        long_run.run(digits, small, steps=0)
