@@ -568,3 +568,25 @@ def test_long_run_grows_to_the_clamp_and_stays(digits: mpc.data.Dataset) -> None
     assert s["steps"] == 20 and s["skipped_steps"] == 0 and s["alerts"] == [] and 0 <= s["accuracy"] <= 1
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
         long_run.run(digits, small, steps=0)
+
+
+def test_checklist_checks_what_code_can_and_marks_the_rest(digits: mpc.data.Dataset) -> None:
+    from mpcourse.production.checklist import checklist, format_checklist
+
+    eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp16"), device="cpu", data=digits, verbose=False)
+    items = {i.item: i for i in checklist(eng.fit(digits, steps=5, progress=False))}
+    assert items["fp16 runs with a loss scaler"].status == "pass"
+    assert items["fp32 master weights"].status == "pass"
+    assert items["validated against fp32"].status == "yours"
+    assert items["the checkpoint holds the scaler state"].status == "yours"
+    bad = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp16", loss_scale="none"), device="cpu",
+                          data=digits, verbose=False).fit(digits, steps=3, progress=False)  # fmt: skip
+    storm = mpc.History(records=[_rec(i, True) for i in range(4)], meta=dict(bad.meta))
+    by = {i.item: i for i in checklist(storm)}
+    assert by["fp16 runs with a loss scaler"].status == "fail" and by["overflow rate below 5%"].status == "fail"
+    text = format_checklist(checklist(storm))
+    assert text.count("[ ]") == 2 and "[?]" in text and "100.0% of 4 steps" in text
+    with pytest.raises(ValueError, match="at least one step"):
+        checklist(mpc.History())
+    with pytest.raises(TypeError, match="mpcourse History"):
+        checklist([1, 2])
