@@ -590,3 +590,21 @@ def test_checklist_checks_what_code_can_and_marks_the_rest(digits: mpc.data.Data
         checklist(mpc.History())
     with pytest.raises(TypeError, match="mpcourse History"):
         checklist([1, 2])
+
+
+def test_fallback_goes_all_the_way_to_fp32_in_real_runs(digits: mpc.data.Dataset) -> None:
+    # Inputs near fp32's own limit overflow in every precision: the chain runs to its end
+    # (fp16 -> bf16 -> fp32), one recorded event per switch. A fallback is not a cure.
+    huge = dataclasses.replace(digits, x_train=digits.x_train * 1e38, x_test=digits.x_test * 1e38)
+    pol = prod.FallbackPolicy(window=5, max_overflow_rate=0.5)
+    tr = prod.Trainer("torch", "mlp", mpc.TrainConfig(precision="fp16"), huge, device="cpu", fallback=pol)
+    h = tr.fit(steps=15)
+    assert [(e["step"], e["from"], e["to"]) for e in h.events] == [(5, "fp16", "bf16"), (10, "bf16", "fp32")]
+    assert tr.engine.config.precision == "fp32"
+    # Features in raw units (1e5) overflow only fp16: a chain straight to fp32 fixes them.
+    raw = dataclasses.replace(digits, x_train=digits.x_train * 1e5, x_test=digits.x_test * 1e5)
+    pol32 = prod.FallbackPolicy(window=5, max_overflow_rate=0.5, chain=("fp16", "fp32"))
+    tr32 = prod.Trainer("torch", "mlp", mpc.TrainConfig(precision="fp16"), raw, device="cpu", fallback=pol32)
+    h32 = tr32.fit(steps=12)
+    assert [(e["from"], e["to"]) for e in h32.events] == [("fp16", "fp32")]
+    assert not any(r.skipped for r in h32.records[h32.events[0]["step"] :])
