@@ -553,6 +553,7 @@ def test_monitor_nan_alert_and_warnings() -> None:
             Monitor(max_overflow_rate=bad_rate)
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 def test_long_run_grows_to_the_clamp_and_stays(digits: mpc.data.Dataset) -> None:
     from mpcourse.production import long_run
 
@@ -570,6 +571,7 @@ def test_long_run_grows_to_the_clamp_and_stays(digits: mpc.data.Dataset) -> None
         long_run.run(digits, small, steps=0)
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 def test_checklist_checks_what_code_can_and_marks_the_rest(digits: mpc.data.Dataset) -> None:
     from mpcourse.production.checklist import checklist, format_checklist
 
@@ -592,6 +594,7 @@ def test_checklist_checks_what_code_can_and_marks_the_rest(digits: mpc.data.Data
         checklist([1, 2])
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 def test_fallback_goes_all_the_way_to_fp32_in_real_runs(digits: mpc.data.Dataset) -> None:
     # Inputs near fp32's own limit overflow in every precision: the chain runs to its end
     # (fp16 -> bf16 -> fp32), one recorded event per switch. A fallback is not a cure.
