@@ -453,6 +453,8 @@ def test_validate_reports_measured_runs(backend: str, digits: mpc.data.Dataset, 
     b = [r.seconds / r.samples for r in rep.mixed_history.records[5:]]
     assert lo == pytest.approx(np.percentile(a, 10) / np.percentile(b, 90)) and lo <= rep.speedup <= hi
     assert rep.speedup_text == f"{rep.speedup:.2f}x (p10-p90 {lo:.2f}-{hi:.2f}x)"
+    p, n = rep.fp32_accuracy, len(digits.y_test)
+    assert rep.accuracy_stderr_points == pytest.approx(100 * np.sqrt(p * (1 - p) / n))
     bad = prod.validate(storm, backend=backend, precision="fp16", epochs=1, device="cpu")
     assert bad.overflow_rate == 1.0 and not bad.passed
     assert [r["result"] for r in bad.table()][1] == "FAIL"
