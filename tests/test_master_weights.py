@@ -23,5 +23,6 @@ def test_pure_fp16_adam_breaks_where_fp32_masters_train() -> None:
     hist, ev = runs[True]
     assert np.isfinite(hist.losses).all() and hist.skipped_steps == 0 and ev["accuracy"] > 0.5
     hist16, ev16 = runs[False]
-    assert not np.isfinite(hist16.losses).all()  # the weights went non-finite after an update
+    finite = np.isfinite(hist16.losses)
+    assert finite[0] and not finite[1]  # the first update made the weights non-finite
     assert hist16.skipped_steps > len(hist16) // 2 and not np.isfinite(ev16["loss"])
