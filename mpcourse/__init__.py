@@ -13,7 +13,7 @@ Usage::
 for it is built.
 """
 
-from mpcourse import clipping, config, data, formats, history, scaler
+from mpcourse import clipping, config, data, formats, fp8, history, scaler
 from mpcourse.config import TrainConfig
 from mpcourse.engines import available_backends, make_engine
 from mpcourse.history import History, StepRecord
@@ -46,6 +46,7 @@ __all__ = [
     "config",
     "data",
     "formats",
+    "fp8",
     "history",
     "make_engine",
     "scaler",

@@ -4,7 +4,7 @@ Usage::
 
     mpcourse demo                       # fp32 vs fp16 vs bf16 on digits, on the best device
     mpcourse demo --backend mlx --epochs 5
-    mpcourse doctor                     # backends, devices, versions; does fp16/bf16 really run?
+    mpcourse doctor                     # backends, devices, versions; does fp16/bf16/fp8 really run?
     mpcourse bench                      # the benchmark grid (notebook 03)
     mpcourse lab                        # JupyterLab at notebook 01
     mpcourse site _site                 # the static course site, built offline
@@ -21,6 +21,7 @@ import math
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from mpcourse.engines import BACKENDS
 from mpcourse.engines.zoo import ZOO
@@ -49,8 +50,11 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    """Print and return what can run here: each backend:device and whether fp16/bf16 train on it.
+def doctor(out: TextIO | None = None) -> list[dict[str, object]]:
+    """Print and return what can run here: each backend:device and whether fp16/bf16/fp8 train on it.
+
+    fp8's line also says whether its matmul is native (``torch._scaled_mm`` on an FP8 GPU) or
+    emulated (fp32 on dequantized values, as on any CPU).
 
     Each check builds a tiny engine and takes two real training steps; a precision "runs" when
     its steps finish with finite losses and the fp32 master weights changed.
@@ -59,6 +63,7 @@ def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
 
     from mpcourse.config import TrainConfig
     from mpcourse.engines import available_backends, make_engine
+    from mpcourse.hardware import describe_cpu
 
     out = out or sys.stdout
     print(f"python {platform.python_version()} on {platform.platform()} ({platform.machine()})", file=out)
@@ -67,11 +72,15 @@ def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((32, 64)).astype(np.float32), rng.integers(0, 10, 32)
     rows: list[dict[str, object]] = []
+    print(f"\nCPU: {describe_cpu()}", file=out)
     found = available_backends()
     print(f"\nbackends found: {', '.join(found) or 'none (install torch or mlx)'}", file=out)
     for pair in found:
         backend, device = pair.split(":", 1)
-        for precision in ("fp32", "fp16", "bf16"):
+        for lim in importlib.import_module(f"mpcourse.engines.{backend}.support").limits(device):
+            word = "WILL NOT WORK" if lim.blocking else "note"
+            print(f"  {pair:<11} {lim.precision}: {word}: {lim.message}", file=out)
+        for precision in ("fp32", "fp16", "bf16", "fp8"):
             try:
                 eng = make_engine(
                     backend, "mlp", TrainConfig(precision=precision, batch_size=32), device=device, verbose=False
@@ -81,6 +90,10 @@ def doctor(out=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
                 after = eng.evaluate((x, y))["loss"]
                 ok = all(math.isfinite(r.loss) for r in recs) and after != before
                 msg = f"ok (loss {recs[0].loss:.3f} -> {after:.3f})" if ok else "ran, but the loss did not move"
+                if precision == "fp8":
+                    from mpcourse.bench.grid import backend_tools
+
+                    msg += f" [matmul {backend_tools(backend).fp8_matmul(device)}]"
             except Exception as err:  # doctor reports every failure instead of stopping at the first
                 ok, msg = False, f"FAILED: {type(err).__name__}: {err}"
             rows.append({"backend": backend, "device": device, "precision": precision, "ok": ok, "detail": msg})
@@ -129,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--report", default="reports", help="folder for the HTML report (default: reports)")
     demo.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     demo.set_defaults(func=_demo)
-    doc = sub.add_parser("doctor", help="what runs here: backends, devices, versions, fp16/bf16 checks")
+    doc = sub.add_parser("doctor", help="what runs here: backends, devices, versions, fp16/bf16/fp8 checks")
     doc.set_defaults(func=_doctor)
     for name, (_, _, text) in _PASSTHROUGH.items():
         sub.add_parser(name, help=text, add_help=False)

@@ -393,7 +393,9 @@ class NormHistory:
         return f"NormHistory(p={self.percentile:g}, {len(self)} norms, threshold={self.threshold:.4g})"
 
 
-def autoclip_thresholds(norms: Sequence[float], percentile: float, history: int | None = None) -> np.ndarray:
+def autoclip_thresholds(
+    norms: Sequence[float] | np.ndarray, percentile: float, history: int | None = None
+) -> np.ndarray:
     """AutoClip's threshold at every step of a recorded norm sequence (non-finite norms skipped).
 
     Usage::

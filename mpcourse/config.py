@@ -6,7 +6,8 @@ Usage::
 
     cfg = mpc.TrainConfig(precision="fp16", loss_scale="dynamic", lr=1e-3, batch_size=64)
     cfg.replace(precision="bf16")          # a new, validated config
-    mpc.TrainConfig(precision="fp8")       # ValueError: precision must be one of ...
+    mpc.TrainConfig(precision="fp8")       # FP8 linears under DelayedScaling(), the rest in bf16
+    mpc.TrainConfig(precision="fp9")       # ValueError: precision must be one of ...
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mpcourse.scaler import DynamicLossScaler, LossScaler, NoOpLossScaler, Stati
 
 __all__ = ["TrainConfig", "PRECISIONS", "OPTIMIZERS", "LOSS_SCALE_MODES"]
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp8")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 LOSS_SCALE_MODES: tuple[str, ...] = ("auto", "dynamic", "none")
 
@@ -54,10 +55,14 @@ class TrainConfig:
     """How to train: precision, loss scaling, clipping, optimizer and batching.
 
     Args:
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (compute dtype; master weights stay
-            fp32). Default ``"fp32"``.
+        precision: ``"fp32"``, ``"fp16"``, ``"bf16"`` (compute dtype; master weights stay
+            fp32) or ``"fp8"``: every linear layer's matmul in FP8 under the ``fp8`` recipe,
+            everything else in bf16. Default ``"fp32"``.
         loss_scale: ``"dynamic"``, ``"none"``, a positive number (a static scale), or
-            ``"auto"``: dynamic for fp16, none otherwise. Default ``"auto"``.
+            ``"auto"``: dynamic for fp16, none otherwise. FP8 needs none by default: the
+            output gradient is cast with its own per-tensor scale (e5m2 under "hybrid"), which
+            does what a loss scale does but per tensor, and the rest runs in bf16, which has
+            fp32's range. Default ``"auto"``.
         init_scale: first dynamic scale. Default ``2.0**16``.
         growth_factor: dynamic growth multiplier, > 1. Default 2.0.
         backoff_factor: dynamic back-off multiplier, in (0, 1). Default 0.5.
@@ -79,6 +84,9 @@ class TrainConfig:
             host sync). None picks it where it pays (CUDA); True asks for it (an error where
             torch has no fused kernel for the device); False keeps the standard foreach
             optimizer. Other backends ignore it. Default None.
+        fp8: an :mod:`mpcourse.fp8` recipe; only with ``precision="fp8"``, where None means
+            ``DelayedScaling()`` (Transformer Engine's default). Engines run a clone, so the
+            config's recipe never changes. Default None.
     """
 
     precision: str = "fp32"
@@ -99,6 +107,7 @@ class TrainConfig:
     seed: int = 0
     master_weights: bool = True
     fused: bool | None = None
+    fp8: Any = None
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
@@ -133,6 +142,7 @@ class TrainConfig:
             raise TypeError(f"master_weights must be a bool, got {self.master_weights!r}")
         if self.fused is not None and not isinstance(self.fused, bool):
             raise TypeError(f"fused must be True, False or None (auto), got {self.fused!r}")
+        self._check_fp8()
         if self.clip is not None:
             from mpcourse.clipping import ClipPolicy  # local: clipping imports nothing heavy
 
@@ -141,6 +151,21 @@ class TrainConfig:
                     f"clip must be None or a policy from mpcourse.clipping "
                     f"(ClipByNorm, ClipByValue, AGC, AutoClip); got {self.clip!r}"
                 )
+
+    def _check_fp8(self) -> None:
+        from mpcourse.fp8 import DelayedScaling, Fp8Recipe  # local: the core's fp8 rules
+
+        if self.fp8 is None:
+            if self.precision == "fp8":
+                object.__setattr__(self, "fp8", DelayedScaling())  # frozen: set once, here
+            return
+        if not isinstance(self.fp8, Fp8Recipe):
+            raise TypeError(
+                f"fp8 must be None or a recipe from mpcourse.fp8 (CurrentScaling, DelayedScaling, "
+                f"RowwiseScaling, BlockScaling, MXScaling); got {self.fp8!r}"
+            )
+        if self.precision != "fp8":
+            raise ValueError(f"fp8={self.fp8!r} needs precision='fp8', got precision={self.precision!r}")
 
     @property
     def scaling_mode(self) -> str:
@@ -170,11 +195,14 @@ class TrainConfig:
         return NoOpLossScaler()
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed, validated again."""
+        """A copy with some fields changed, validated again (leaving fp8 drops its recipe)."""
+        if changes.get("precision", self.precision) != "fp8" and "fp8" not in changes:
+            changes["fp8"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-friendly fields (the clip policy as its repr)."""
         d = dataclasses.asdict(self)
         d["clip"] = None if self.clip is None else repr(self.clip)
+        d["fp8"] = None if self.fp8 is None else repr(self.fp8)
         return d

@@ -42,6 +42,9 @@ class StepRecord:
         samples: samples in the batch.
         clipped: a clipping policy changed the gradients this step.
         epoch: the epoch this step belongs to (0-based).
+        fp8: under ``precision="fp8"``, per cast tensor (``"layers.0.input"``, ``"...weight"``,
+            ``"...grad_output"``): ``{"amax", "scale", "saturated", "underflowed", "numel",
+            "tiles", "fmt"}`` of this step; None otherwise. See :meth:`History.fp8_trace`.
     """
 
     step: int
@@ -54,6 +57,7 @@ class StepRecord:
     samples: int
     clipped: bool = False
     epoch: int = 0
+    fp8: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -114,6 +118,24 @@ class History:
     def samples_per_second(self) -> float:
         t = self.total_seconds
         return float(sum(r.samples for r in self.records) / t) if t > 0 else float("nan")
+
+    def fp8_trace(self, key: str, field: str = "scale") -> np.ndarray:
+        """One fp8 stat of one tensor over the steps (NaN where a step did not cast it).
+
+        ``hist.fp8_trace("layers.0.grad_output", "amax")`` against ``..., "scale")`` shows
+        delayed scaling's lag; ``"saturated"`` counts the values the clip hid.
+        """
+        keys = {k for r in self.records if r.fp8 for k in r.fp8}
+        if not keys:
+            raise ValueError("this History has no fp8 stats (train with precision='fp8')")
+        if key not in keys:
+            raise ValueError(f"unknown fp8 tensor {key!r}; this run cast {', '.join(sorted(keys))}")
+        return np.array([float(r.fp8[key][field]) if r.fp8 and key in r.fp8 else np.nan for r in self.records])
+
+    @property
+    def fp8_keys(self) -> list[str]:
+        """The tensors an fp8 run cast, in the order first seen."""
+        return list(dict.fromkeys(k for r in self.records if r.fp8 for k in r.fp8))
 
     def epoch_summary(self) -> list[dict[str, Any]]:
         """Per epoch: mean finite loss, seconds, steps and skipped steps."""

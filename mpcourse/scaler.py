@@ -44,7 +44,15 @@ import numpy as np
 
 from mpcourse._validate import positive_finite
 
-__all__ = ["LossScaler", "NoOpLossScaler", "StaticLossScaler", "DynamicLossScaler", "scaler_from_state_dict"]
+__all__ = [
+    "LossScaler",
+    "NoOpLossScaler",
+    "StaticLossScaler",
+    "DynamicLossScaler",
+    "scaler_from_state_dict",
+    "state_int",
+    "state_scale",
+]
 
 
 def _f32(x: float) -> float:
@@ -59,6 +67,39 @@ def _positive_int(name: str, value: Any) -> int:
     if value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return int(value)
+
+
+# --- checks for a loaded state (shared with the torch engine's GradScaler state) -------------------
+def state_int(key: str, value: Any, lo: int = 0, hi: int | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]``, or a TypeError/ValueError naming ``key`` of a scaler state_dict.
+
+    Bools, floats (even ``3.0``) and strings are refused: a counter is an int.
+    """
+    allowed = f"an int in [{lo}, {hi}]" if hi is not None else f"an int >= {lo}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"scaler state_dict: {key!r} must be {allowed}, got {type(value).__name__} {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"scaler state_dict: {key!r} must be {allowed}, got {value!r}")
+    return int(value)
+
+
+def state_scale(key: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    """``value`` as a float32 scale, finite, > 0 and within ``[lo, hi]``, or an error naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"scaler state_dict: {key!r} must be a finite number > 0, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0.0:
+        raise ValueError(f"scaler state_dict: {key!r} must be a finite number > 0, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"scaler state_dict: {key!r} must be within [min_scale, max_scale] = [{lo}, {hi}], got {v!r}")
+    return _f32(v)
+
+
+def _check_counters(state: dict[str, Any]) -> tuple[int, int, int]:
+    total = state_int("total_steps", state["total_steps"])
+    skipped = state_int("total_skipped", state["total_skipped"], 0, total)
+    consecutive = state_int("consecutive_skipped", state["consecutive_skipped"], 0, skipped)
+    return total, skipped, consecutive
 
 
 @runtime_checkable
@@ -192,12 +233,14 @@ class StaticLossScaler(_Counters):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; a dict of another kind or with missing keys is refused."""
+        """Restore from :meth:`state_dict`; every field is checked first, and a refused state
+        (another kind, a missing or unknown key, a bad type, range or combination) changes nothing.
+        """
         _expect_keys(state, self.state_dict(), self.kind)
-        self._scale = _f32(positive_finite("scale", state["scale"]))
-        self.total_steps = int(state["total_steps"])
-        self.total_skipped = int(state["total_skipped"])
-        self.consecutive_skipped = int(state["consecutive_skipped"])
+        scale = state_scale("scale", state["scale"])
+        counters = _check_counters(state)
+        self._scale = scale
+        self.total_steps, self.total_skipped, self.consecutive_skipped = counters
 
     def __repr__(self) -> str:
         return f"StaticLossScaler(scale={self._scale:g}, skipped={self.total_skipped}/{self.total_steps})"
@@ -310,23 +353,49 @@ class DynamicLossScaler(_Counters):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; settings are validated as in the constructor."""
+        """Restore from :meth:`state_dict`; a refused state changes nothing.
+
+        Settings are checked as in the constructor; the state must be one that ``update`` can
+        reach: ``0 <= growth_tracker < growth_interval``, ``1 <= hysteresis_left <= hysteresis``,
+        the scale within ``[min_scale, max_scale]``, ``consecutive_skipped <= total_skipped <=
+        total_steps``, and no growth count during a run of skipped steps. The error names the key.
+        """
         _expect_keys(state, self.state_dict(), self.kind)
         fresh = DynamicLossScaler(
-            state["init_scale"],
-            state["growth_factor"],
-            state["backoff_factor"],
-            state["growth_interval"],
-            state["hysteresis"],
-            state["min_scale"],
-            state["max_scale"],
+            **{
+                k: state[k]
+                for k in (
+                    "init_scale",
+                    "growth_factor",
+                    "backoff_factor",
+                    "growth_interval",
+                    "hysteresis",
+                    "min_scale",
+                    "max_scale",
+                )
+            }
         )
-        fresh._scale = _f32(positive_finite("scale", state["scale"]))
-        fresh.growth_tracker = int(state["growth_tracker"])
-        fresh.hysteresis_left = int(state["hysteresis_left"])
-        fresh.total_steps = int(state["total_steps"])
-        fresh.total_skipped = int(state["total_skipped"])
-        fresh.consecutive_skipped = int(state["consecutive_skipped"])
+        fresh._scale = state_scale("scale", state["scale"], fresh.min_scale, fresh.max_scale)
+        fresh.growth_tracker = state_int("growth_tracker", state["growth_tracker"], 0, fresh.growth_interval - 1)
+        fresh.hysteresis_left = state_int("hysteresis_left", state["hysteresis_left"], 1, fresh.hysteresis)
+        fresh.total_steps, fresh.total_skipped, fresh.consecutive_skipped = _check_counters(state)
+        finite_steps = fresh.total_steps - fresh.total_skipped
+        if fresh.growth_tracker > finite_steps:
+            raise ValueError(
+                f"scaler state_dict: 'growth_tracker' ({fresh.growth_tracker}) counts more finite steps "
+                f"than the counters hold (total_steps - total_skipped = {finite_steps})"
+            )
+        if fresh.growth_tracker > 0 and fresh.consecutive_skipped > 0:
+            raise ValueError(
+                f"scaler state_dict: 'growth_tracker' ({fresh.growth_tracker}) and 'consecutive_skipped' "
+                f"({fresh.consecutive_skipped}) cannot both be > 0 (a skipped step resets the growth count)"
+            )
+        used = fresh.hysteresis - fresh.hysteresis_left
+        if used > fresh.total_skipped:
+            raise ValueError(
+                f"scaler state_dict: 'hysteresis_left' ({fresh.hysteresis_left}) says {used} overflows were "
+                f"tolerated, but 'total_skipped' is {fresh.total_skipped}"
+            )
         self.__dict__.update(fresh.__dict__)
 
     def __repr__(self) -> str:
@@ -344,6 +413,9 @@ def _expect_keys(state: Any, reference: dict[str, Any], kind: str) -> None:
     missing = sorted(set(reference) - set(state))
     if missing:
         raise ValueError(f"scaler state_dict is missing keys {missing}")
+    unknown = sorted(map(str, set(state) - set(reference)))
+    if unknown:
+        raise ValueError(f"scaler state_dict has unknown keys {unknown} (a {kind!r} scaler has {sorted(reference)})")
 
 
 def scaler_from_state_dict(state: dict[str, Any]) -> NoOpLossScaler | StaticLossScaler | DynamicLossScaler:
@@ -353,7 +425,7 @@ def scaler_from_state_dict(state: dict[str, Any]) -> NoOpLossScaler | StaticLoss
     if kind == "none":
         s = NoOpLossScaler()
     elif kind == "static":
-        s = StaticLossScaler(state["scale"])
+        s = StaticLossScaler(1.0)  # load_state_dict checks and sets every field
     elif kind == "dynamic":
         s = DynamicLossScaler()
     else:

@@ -41,7 +41,7 @@ def tiny_rows() -> list[dict]:
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"precisions": ("fp8",)}, "unknown precision 'fp8'"),
+        ({"precisions": ("fp4",)}, "unknown precision 'fp4'"),
         ({"models": ("resnet",)}, "unknown model 'resnet'"),
         ({"models": ("mlp:huge",)}, "unknown size .* 'huge'"),
         ({"backends": ("jax",)}, "unknown backend 'jax'"),
@@ -65,7 +65,7 @@ def test_absent_device_is_an_error_before_running() -> None:
 
 def test_bench_main_bad_input_returns_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (
-        ["--precisions", "fp8"],
+        ["--precisions", "fp4"],
         ["--devices", "cuda" if not torch.cuda.is_available() else "cuda:99"],
         ["--models", "mlp:huge"],
         ["--backends", "torch", "--devices", "gpu"],
@@ -236,7 +236,7 @@ def test_cpu_flags_are_a_subset_of_known_flags() -> None:
     flags = hardware.cpu_flags()
     if flags is None:
         pytest.skip("no /proc/cpuinfo here")
-    assert set(flags) <= set(hardware.LOW_PRECISION_FLAGS)
+    assert set(flags) <= set(hardware.precision_flags())
     assert hardware.cpu_model()
 
 

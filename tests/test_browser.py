@@ -221,19 +221,23 @@ def _widget_output(page: Any) -> Any:
     return sliders.first
 
 
-def _move_slider(page: Any, slider: Any) -> tuple[str, str]:
-    """Drag the slider handle left by a quarter of the track; returns (before, after) readouts."""
+def _move_slider(page: Any, slider: Any, presses: int = 10) -> tuple[str, str]:
+    """Step the slider down from the keyboard on its focused handle; returns (before, after) readouts.
+
+    A mouse drag of the noUiSlider handle stopped moving it in Debian's chromium 156 (the
+    pointer events land, the handle stays); arrow keys on the focused handle are the slider's
+    own keyboard support (one ``step`` per press), work the same in every Chromium, and end in
+    the same ``change`` event a drag ends in, which is what a ``continuous_update=False``
+    widget sends to the kernel.
+    """
     readout = slider.locator(".widget-readout")
     before = readout.inner_text().strip()
     handle = slider.locator(".noUi-handle").first
-    track = slider.locator(".noUi-target, .slider").first
-    hb, tb = handle.bounding_box(), track.bounding_box()
-    assert hb and tb, "slider handle or track not rendered"
-    x, y = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x - tb["width"] / 4, y, steps=8)
-    page.mouse.up()
+    handle.wait_for(state="visible", timeout=30_000)
+    handle.focus()
+    assert handle.evaluate("h => h === document.activeElement"), "the slider handle did not take the focus"
+    for _ in range(presses):
+        handle.press("ArrowLeft")
     page.wait_for_timeout(500)
     return before, readout.inner_text().strip()
 
@@ -261,7 +265,7 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
     page.evaluate(f"() => {{ window.__mpcBefore = JSON.stringify(({_FIGURES})()); }}")
 
     before, after = _move_slider(page, slider)
-    assert after != before, f"dragging the initial-scale slider did not move it ({before})"
+    assert after != before, f"ten ArrowLeft presses on the initial-scale slider did not move it ({before})"
     panel = slider.locator("xpath=ancestor::div[contains(@class,'jp-OutputArea-output')][1]")
     panel.get_by_role("button", name=re.compile(r"train", re.I)).first.click()
     try:
@@ -279,6 +283,9 @@ def test_notebook_02_trains_from_the_widget_in_jupyterlab(browser: Any, lab: tup
     figures_after = page.evaluate(_FIGURES)
     assert figures_after != figures_before
     assert any(json.loads(f)["svg"] for f in figures_after), "the new figure draws nothing"
+    # The kernel trained with the value the keys set: the redrawn scale trace starts there.
+    starts = [t["y"][0] for f in figures_after for t in json.loads(f)["data"] if t["y"]]
+    assert any(abs(v - float(after)) <= 0.01 * float(after) for v in starts), (after, starts)
     assert page_errors == [], f"the page raised: {page_errors}"
     page.wait_for_function(_ALL_RUN, timeout=120_000, polling=1000)
     assert page.evaluate(_ERRORS) == [], "a cell shows an error after training from the widget"

@@ -50,3 +50,19 @@ def test_doctor_checks_each_precision_for_real(capsys) -> None:
     out = capsys.readouterr().out
     for precision in ("fp32", "fp16", "bf16"):
         assert re.search(rf"torch:cpu\s+{precision}: ok \(loss \d\.\d+ -> \d\.\d+\)", out), out
+    assert re.search(r"torch:cpu\s+fp8: ok \(loss \d\.\d+ -> \d\.\d+\) \[matmul emulated\]", out), out
+
+
+def test_doctor_says_what_this_cpu_has_and_what_each_device_cannot_do(capsys, monkeypatch) -> None:
+    from mpcourse import hardware
+    from mpcourse.engines.limits import Limit
+    from mpcourse.engines.torch import support
+
+    planted = [Limit("cpu", "bf16", True, "planted: bf16 cannot run"), Limit("cpu", "any", False, "planted note")]
+    monkeypatch.setattr(support, "limits", lambda device, **versions: planted)
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert f"CPU: {hardware.describe_cpu()}" in out
+    assert "torch:cpu   bf16: WILL NOT WORK: planted: bf16 cannot run" in out
+    assert "torch:cpu   any: note: planted note" in out
+    assert "torch:cpu   bf16: FAILED: DeviceUnavailableError: bf16 on cpu: planted: bf16 cannot run" in out  # refused

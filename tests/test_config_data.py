@@ -12,7 +12,7 @@ from mpcourse.data import validate_xy
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"precision": "fp8"}, "precision must be one of 'fp32', 'fp16', 'bf16'; got 'fp8'"),
+        ({"precision": "fp9"}, "precision must be one of 'fp32', 'fp16', 'bf16', 'fp8'; got 'fp9'"),
         ({"optimizer": "lion"}, "optimizer must be one of 'adam', 'adamw', 'sgd'; got 'lion'"),
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),
         ({"lr": -1e-3}, "lr must be > 0"),

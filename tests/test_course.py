@@ -17,7 +17,15 @@ from mpcourse.authoring import slides
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "data" / "mini_course"
-NOTEBOOKS = ("01_fundamentals", "02_loss_scaling", "03_performance", "04_clipping", "05_debugging", "06_production")
+NOTEBOOKS = (
+    "01_fundamentals",
+    "02_loss_scaling",
+    "03_performance",
+    "04_clipping",
+    "05_debugging",
+    "06_production",
+    "07_fp8",
+)
 SKIPPING_TAGS = {"skip-execution", "nbval-skip", "raises-exception"}
 
 

@@ -463,11 +463,19 @@ def test_no_speedup_on_a_cpu_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch
     from mpcourse import hardware
     from mpcourse.debug import symptoms
 
-    assert hardware.native_half_units(["avx2", "f16c", "avx512_bf16", "amx_fp16"]) == ["avx512_bf16", "amx_fp16"]
-    assert hardware.native_half_units(["avx2", "f16c"]) == []
+    assert hardware.native_half_units(["avx2", "f16c", "avx512_bf16", "amx_fp16"], "x86") == [
+        "avx512_bf16",
+        "amx_fp16",
+    ]
+    assert hardware.native_half_units(["avx2", "f16c"], "x86") == []
+    assert hardware.native_half_units(["asimd", "fphp", "bf16"], "arm64") == ["fphp", "bf16"]
     ref = _history([0.01] * 30, "fp32", device="cpu")
     slow = _history([0.05] * 30, device="cpu")
-    for units, expected in (([], "none of avx512_bf16"), (["amx_bf16"], "has amx_bf16"), (None, "cannot be read")):
+    for units, expected in (
+        ([], "no bf16/fp16 instructions"),
+        (["amx_bf16"], "has amx_bf16"),
+        (None, "cannot be read"),
+    ):
         monkeypatch.setattr(symptoms.hardware, "native_half_units", lambda units=units: units)
         fix = debug.diagnose(slow, reference=ref)[0].fix
         assert expected in fix, (units, fix)

@@ -146,7 +146,7 @@ def test_switch_precision_takes_over_state_exactly(backend: str, digits: mpc.dat
     assert _same_bits(_model_arrays(eng), _model_arrays(new))
     assert _same_bits(old_opt, array_leaves(export_state(new)["framework"]["optimizer"]))
     with pytest.raises(ValueError, match="precision must be one of"):
-        prod.switch_precision(new, "fp8")
+        prod.switch_precision(new, "fp4")
 
 
 # --- phases and memory ---------------------------------------------------------------------------

@@ -19,10 +19,11 @@ def _load() -> dict:
 
 def _pytest_command(text: str) -> str:
     """The pytest invocation in a shell script or workflow, whitespace-normalised."""
-    m = re.search(r"python -m pytest[^\n]*(?:\n\s+--[^\n]*)*", text)
-    assert m, "no `python -m pytest` command found"
+    found = [" ".join(m.group(0).split()) for m in re.finditer(r"python -m pytest[^\n]*(?:\n\s+--[^\n]*)*", text)]
+    assert found, "no `python -m pytest` command found"
+    command = next((c for c in found if "notebooks" in c), found[0])  # the test command, not a partial run
     # nbval 0.11 still accepts the deprecated alias --sanitize-with.
-    return " ".join(m.group(0).split()).replace(" --sanitize-with ", " --nbval-sanitize-with ")
+    return command.replace(" --sanitize-with ", " --nbval-sanitize-with ")
 
 
 def test_matrix_is_linux_and_macos_14_arm64():
@@ -61,3 +62,18 @@ def test_same_pytest_command_as_ci_run():
     # .ci/run may add flags of its own (-q, -p ...); the selection and nbval options must agree.
     for part in ("tests notebooks", "--nbval", "--nbval-sanitize-with tests/nbval_sanitize.cfg"):
         assert (part in ours) == (part in theirs), part
+
+
+def test_every_job_runs_the_device_conformance_suite_on_what_it_has():
+    steps = _load()["jobs"]["test"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    assert any("pytest tests/test_devices.py" in r and "-rs" in r for r in runs)  # skips listed with reasons
+    nbval = next(s for s in steps if "tests notebooks --nbval" in " ".join(s.get("run", "").split()))
+    assert "runner.os == 'macOS'" in nbval["env"]["MPCOURSE_DEVICE"]  # macOS VMs lack MPS: notebooks on the CPU
+
+
+def test_ci_run_also_runs_the_notebooks_on_torchs_generic_kernels_and_requires_the_browser():
+    text = (REPO / ".ci" / "run").read_text()
+    again = [line for line in text.splitlines() if line.startswith("ATEN_CPU_CAPABILITY=default ")]
+    assert len(again) == 1 and "pytest notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg" in again[0]
+    assert text.index('export CI="${CI:-true}"') < text.index("python -m pytest tests notebooks")

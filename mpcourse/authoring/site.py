@@ -147,7 +147,7 @@ class BuildReport:
         )
 
 
-def offline_notebook(nb: dict[str, Any]) -> tuple[nbformat.NotebookNode, int, int]:
+def offline_notebook(nb: Any) -> tuple[nbformat.NotebookNode, int, int]:
     """A copy of ``nb`` whose outputs need no network and no kernel.
 
     Plotly outputs become HTML divs that use a page-level ``Plotly`` (from
@@ -216,7 +216,7 @@ def _nav(prefix: str, notebooks: Sequence[Path]) -> str:
     return f'<nav class="mpc-nav">{"".join(links)}</nav>'
 
 
-def notebook_html(nb: dict[str, Any], *, nav: str, assets: str, mathjax: str | None) -> str:
+def notebook_html(nb: Any, *, nav: str, assets: str, mathjax: str | None) -> str:
     """HTML for one (already offline) notebook, with the site's navigation."""
     import jinja2  # noqa: PLC0415
     from nbconvert import HTMLExporter  # noqa: PLC0415

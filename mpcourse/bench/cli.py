@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backends", type=_csv(str), help="torch,mlx (default: every installed one)")
     p.add_argument("--devices", type=_csv(str), help="auto, or cpu,cuda,cuda:1,mps (torch) / cpu,gpu (mlx)")
-    p.add_argument("--precisions", type=_csv(str), help=f"from {','.join(PRECISIONS)} (default: all)")
+    p.add_argument(
+        "--precisions",
+        type=_csv(str),
+        help=f"from {','.join(PRECISIONS)} (default: all but fp8; fp8 is marked emulated where it is not native)",
+    )
     p.add_argument("--models", type=_csv(str), help="zoo names, name:large for the large size")
     p.add_argument("--batches", type=_csv(int), help="batch sizes, e.g. 128,512")
     p.add_argument("--widths", type=_csv(int), help="hidden widths for mlp/deep_mlp, e.g. 256,1024")
@@ -134,10 +138,14 @@ def bench_main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = run_grid(grid, progress=False if ns.no_progress else None)
     print(format_table(rows))
-    load = rows[0]["load_avg_1min"] if rows else None
+    recorded_load = rows[0]["load_avg_1min"] if rows else None
     print(
         f"\n{len(rows)} configurations in {time.perf_counter() - t0:.1f} s"
-        + (f" (1-min load average at start: {load:.2f} on {os.cpu_count()} cores)" if load is not None else "")
+        + (
+            f" (1-min load average at start: {recorded_load:.2f} on {os.cpu_count()} cores)"
+            if recorded_load is not None
+            else ""
+        )
     )
     slower = [r for r in rows if r["status"] == "ok" and r["speedup_vs_fp32"] and r["speedup_vs_fp32"] < 1]
     if slower:

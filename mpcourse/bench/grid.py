@@ -10,7 +10,11 @@ Usage::
     bench.BenchGrid(**bench.PRESETS["gpu"])
 
 "tf32" is fp32 storage with tf32 tensor-core matmuls (CUDA only); "fp32" is pinned to true
-fp32, so every "speedup vs fp32" is against true fp32.
+fp32, so every "speedup vs fp32" is against true fp32. "fp8" (asked for by name; not in the
+default grid) trains with ``TrainConfig(precision="fp8")``: timed as FP8 only where
+``torch._scaled_mm`` runs natively (CUDA, compute capability >= 8.9); everywhere else the row
+is marked ``"timing": "emulated"`` and gets no speedup and no TFLOP/s, since the time measured
+is that of the emulation, not of FP8 hardware.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from typing import Any
 from mpcourse._validate import check_choice
 from mpcourse.engines import BACKENDS, SIZES, ZOO, missing_reason
 
-__all__ = ["backend_tools", "PRECISIONS", "SCHEMA", "PRESETS", "Case", "BenchGrid", "plan"]
+__all__ = ["backend_tools", "PRECISIONS", "DEFAULT_PRECISIONS", "SCHEMA", "PRESETS", "Case", "BenchGrid", "plan"]
 
 
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8")
+DEFAULT_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")  # fp8 is asked for by name
 
 
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")
 SCHEMA = 1
 
 
@@ -100,7 +104,9 @@ class BenchGrid:
             skipped with a printed reason). A backend named here must be installed. Default None.
         devices: ``"auto"`` (each backend's best device) or explicit devices (torch: cpu,
             cuda, cuda:N, mps; mlx: cpu, gpu); an explicit device must exist. Default ("auto",).
-        precisions: from fp32, tf32, fp16, bf16. tf32 runs only where CUDA has it. Default all.
+        precisions: from fp32, tf32, fp16, bf16, fp8. tf32 runs only where CUDA has it; fp8 is
+            timed as FP8 only where ``_scaled_mm`` is native (else marked emulated). Default
+            all but fp8.
         models: zoo names, ``name:size`` for size "large". Default ("mlp", "transformer").
         batches: batch sizes. Default (128,).
         widths: hidden widths for mlp/deep_mlp (same depth as the zoo's); empty: the zoo's own.
@@ -117,7 +123,7 @@ class BenchGrid:
 
     backends: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ("auto",)
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     models: tuple[str, ...] = ("mlp", "transformer")
     batches: tuple[int, ...] = (128,)
     widths: tuple[int, ...] = ()

@@ -62,16 +62,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         else:
             mem_s = _fmt_bytes(mem)
         sp = r.get("speedup_vs_fp32")
+        emulated = r.get("timing") == "emulated"  # an fp8 emulation: its time says nothing of FP8 speed
         tf = r.get("achieved_tflops")
         tf_s = "-" if tf is None else f"{tf:.3g}" + (f" ({r['peak_fraction']:.0%})" if r.get("peak_fraction") else "")
         sp32 = r.get("speedup_vs_tf32")
         lines.append(
             (
-                r["label"],
+                r["label"] + (" (emulated)" if emulated else ""),
                 f"{r['samples_per_s']:,.0f}",
                 mem_s,
                 f"{r['step_time_s'] * 1e3:.2f} ms",
-                "-"
+                "emulated"
+                if emulated
+                else "-"
                 if sp is None
                 else format_speedup(sp, None if r["precision"] == "fp32" else speedup_spread(r, rows)),
                 tf_s,

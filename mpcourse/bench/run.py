@@ -104,14 +104,16 @@ def run_case(
             hist = eng.fit(data, steps=grid.steps, progress=False, callback=after_step)
             peak = probe.peak()
             key = (case.backend, case.device, case.precision)
-            if grid.matmul_peak and peak_cache is not None and key not in peak_cache:
+            fp8_matmul = tools.fp8_matmul(case.device) if case.precision == "fp8" else None
+            emulated = fp8_matmul == "emulated"  # the emulation's time is no FP8 speed: no peak, no TFLOP/s
+            if grid.matmul_peak and peak_cache is not None and key not in peak_cache and not emulated:
                 peak_cache[key] = tools.matmul_peak_tflops(case.device, case.precision)
     except Exception as err:  # a configuration this hardware/framework cannot run: recorded, not hidden
         return {**row, "status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
     secs = hist.column("seconds").astype(float)
     med = float(np.median(secs))
     flops = _flops(case, grid)
-    achieved = flops / med / 1e12 if flops else None
+    achieved = flops / med / 1e12 if flops and not emulated else None
     mm_peak = (peak_cache or {}).get((case.backend, case.device, case.precision))
     row.update(
         status="ok",
@@ -132,6 +134,8 @@ def run_case(
         fused=getattr(eng, "fused", None),
         scaling=config.scaling_mode,
         optimizer=config.optimizer,
+        fp8_matmul=fp8_matmul,
+        timing="emulated" if emulated else "measured",
     )
     return row
 
@@ -143,7 +147,7 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     for ref in ("fp32", "tf32"):
         base_of = {key(r): r["step_time_s"] for r in rows if r["status"] == "ok" and r["precision"] == ref}
         for r in rows:
-            base = base_of.get(key(r)) if r["status"] == "ok" else None
+            base = base_of.get(key(r)) if r["status"] == "ok" and r.get("timing") != "emulated" else None
             r[f"speedup_vs_{ref}"] = base / r["step_time_s"] if base else None
 
 

@@ -42,147 +42,16 @@ progress) raises nothing.
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mpcourse import hardware
+from mpcourse.debug.findings import KINDS, Diagnosis, Finding, Thresholds, check_value
 from mpcourse.history import History
 
 __all__ = ["Finding", "Diagnosis", "Thresholds", "diagnose", "KINDS"]
-
-KINDS: tuple[str, ...] = ("nan_loss", "scale_too_high", "underflow_stall", "worse_than_reference", "no_speedup")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One symptom found in a History.
-
-    Attributes:
-        kind: one of :data:`KINDS`.
-        symptom: what you see, in one sentence.
-        evidence: the numbers behind it, in words (steps and values).
-        fix: what to do about it.
-        steps: the steps the evidence points at (e.g. the first NaN), 0-based.
-        values: the measured numbers, by name (for tests and plots).
-    """
-
-    kind: str
-    symptom: str
-    evidence: str
-    fix: str
-    steps: tuple[int, ...] = ()
-    values: dict[str, float] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"[{self.kind}] {self.symptom}\n  evidence: {self.evidence}\n  fix: {self.fix}"
-
-
-class Diagnosis(list):
-    """The findings of :func:`diagnose`, worst first: a plain list with a table view."""
-
-    @property
-    def kinds(self) -> list[str]:
-        """The ``kind`` of each finding, in order."""
-        return [f.kind for f in self]
-
-    def __repr__(self) -> str:
-        if not self:
-            return "Diagnosis: no findings (no symptom passed its threshold)"
-        return "\n".join([f"Diagnosis: {len(self)} finding(s)"] + [repr(f) for f in self])
-
-    def _repr_html_(self) -> str:
-        if not self:
-            return "<p><b>Diagnosis:</b> no findings (no symptom passed its threshold)</p>"
-        cell = 'style="text-align:left; vertical-align:top"'
-        rows = "".join(
-            f"<tr><td {cell}><code>{html.escape(f.kind)}</code></td><td {cell}>{html.escape(f.symptom)}"
-            f"</td><td {cell}>{html.escape(f.evidence)}</td><td {cell}>{html.escape(f.fix)}</td></tr>"
-            for f in self
-        )
-        head = "".join(f"<th {cell}>{h}</th>" for h in ("kind", "symptom", "evidence", "fix"))
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-def _check(
-    name: str,
-    value: Any,
-    *,
-    integer: bool = False,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise TypeError(f"threshold {name} must be a finite {'int' if integer else 'number'}, got {value!r}")
-    bad_low = low is not None and (value <= low if low_open else value < low)
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        raise ValueError(f"threshold {name} must be {' and '.join(s for s in (lo, hi) if s)}, got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Thresholds:
-    """When :func:`diagnose` calls something a symptom. Every field is validated.
-
-    Args:
-        nan_steps: non-finite losses tolerated before ``nan_loss`` fires (>= 0). Default 0.
-        max_overflow_rate: share of overflowing steps, after the dynamic scale's first
-            calibration, above which ``scale_too_high`` fires (in (0, 1)). Default 0.05, the
-            production check's limit.
-        min_steps: steps needed (after calibration) to judge an overflow rate (>= 1). Default 20.
-        window: steps averaged at the start and at the end of a run to compare losses (>= 1).
-            Default 20.
-        min_improvement: a run whose loss falls by less than this fraction of its first
-            window's mean has stalled (in [0, 1)). Default 0.05.
-        zero_grad_fraction: share of finite steps with an all-zero gradient that counts as
-            underflow (in (0, 1]). Default 0.2.
-        low_scale: a loss scale at or below this no longer lifts small gradients out of
-            fp16's underflow range (> 0). Default 1.0.
-        underflow_grad_ratio: a median grad norm this many times smaller than the reference's
-            counts as underflow (> 1). Default 10.
-        max_shortfall: how much of the reference's loss improvement the run may miss before
-            ``worse_than_reference`` fires (in (0, 1)). Default 0.1.
-        max_accuracy_drop: final accuracy drop against the reference (fraction, 0.01 = one
-            point) tolerated (in [0, 1)). Default 0.01.
-        min_speedup: mixed precision must reach this many times the reference's samples/s, or
-            ``no_speedup`` fires (> 0). Default 1.1.
-        timing_warmup: first steps left out of timings (>= 0). Default 5.
-    """
-
-    nan_steps: int = 0
-    max_overflow_rate: float = 0.05
-    min_steps: int = 20
-    window: int = 20
-    min_improvement: float = 0.05
-    zero_grad_fraction: float = 0.2
-    low_scale: float = 1.0
-    underflow_grad_ratio: float = 10.0
-    max_shortfall: float = 0.1
-    max_accuracy_drop: float = 0.01
-    min_speedup: float = 1.1
-    timing_warmup: int = 5
-
-    def __post_init__(self) -> None:
-        _check("nan_steps", self.nan_steps, integer=True, low=0)
-        _check("max_overflow_rate", self.max_overflow_rate, low=0, high=1, low_open=True, high_open=True)
-        _check("min_steps", self.min_steps, integer=True, low=1)
-        _check("window", self.window, integer=True, low=1)
-        _check("min_improvement", self.min_improvement, low=0, high=1, high_open=True)
-        _check("zero_grad_fraction", self.zero_grad_fraction, low=0, high=1, low_open=True)
-        _check("low_scale", self.low_scale, low=0, low_open=True)
-        _check("underflow_grad_ratio", self.underflow_grad_ratio, low=1, low_open=True)
-        _check("max_shortfall", self.max_shortfall, low=0, high=1, low_open=True, high_open=True)
-        _check("max_accuracy_drop", self.max_accuracy_drop, low=0, high=1, high_open=True)
-        _check("min_speedup", self.min_speedup, low=0, low_open=True)
-        _check("timing_warmup", self.timing_warmup, integer=True, low=0)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -408,8 +277,12 @@ def _worse_than_reference(h: History, ref: History | None, t: Thresholds) -> Fin
                 f"{ref_last:.4g}: {shortfall:.0%} of the reference's improvement "
                 f"({ref_first:.4g} -> {ref_last:.4g}) is missing"
             )
-    acc = [e.get("accuracy") for e in (h.evals[-1:] + ref.evals[-1:]) if isinstance(e, dict)]
-    if len(acc) == 2 and all(isinstance(a, (int, float)) for a in acc):
+    acc = [
+        float(e["accuracy"])
+        for e in (h.evals[-1:] + ref.evals[-1:])
+        if isinstance(e, dict) and isinstance(e.get("accuracy"), (int, float))
+    ]
+    if len(acc) == 2:
         values["accuracy_drop"] = float(acc[1] - acc[0])
         if acc[1] - acc[0] > t.max_accuracy_drop:
             reasons.append(f"final accuracy {acc[0]:.3f} against the reference's {acc[1]:.3f}")
@@ -458,8 +331,9 @@ def _cpu_speed_fix(units: list[str] | None) -> str:
         )
     if not units:
         return (
-            "expected on this CPU: it has none of " + ", ".join(hardware.NATIVE_HALF_FLAGS) + ", so a "
-            "half-precision matmul is a conversion plus fp32 work and the casts cost time; measure the "
+            "expected on this CPU: it has no bf16/fp16 instructions (x86: none of "
+            + ", ".join(hardware.NATIVE_HALF_FLAGS)
+            + "), so a half-precision matmul is a conversion plus fp32 work and the casts cost time; measure the "
             "speedup where you will train (a GPU with tensor cores), and use mixed precision on this "
             "CPU only to save memory"
         )
@@ -549,7 +423,7 @@ def diagnose(
             )
         t = dataclasses.replace(t, **overrides)
     if reference_throughput is not None:
-        _check("reference_throughput", reference_throughput, low=0, low_open=True)
+        check_value("reference_throughput", reference_throughput, low=0, low_open=True)
     found = [
         _nan_loss(history, t),
         _scale_too_high(history, t),

@@ -97,11 +97,16 @@ def make_engine(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     require_backend(backend)
+    cls: type[Any]
     if backend == "torch":
-        from mpcourse.engines.torch.engine import TorchEngine as cls
+        from mpcourse.engines.torch.engine import TorchEngine
+
+        cls = TorchEngine
     else:
-        from mpcourse.engines.mlx.engine import MLXEngine as cls  # type: ignore[no-redef]
-    eng = cls(
+        from mpcourse.engines.mlx.engine import MLXEngine
+
+        cls = MLXEngine
+    eng: Engine = cls(
         model=model, config=config, device=device, loss_fn=loss_fn, num_features=feats, num_classes=classes, size=size
     )
     if verbose and device == "auto":

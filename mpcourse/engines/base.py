@@ -41,6 +41,7 @@ __all__ = [
     "installed",
     "missing_reason",
     "require_backend",
+    "nonfinite_update_risk",
 ]
 
 BACKENDS: tuple[str, ...] = ("torch", "mlx")
@@ -89,6 +90,26 @@ class DeviceUnavailableError(ValueError):
     """
 
 
+def nonfinite_update_risk(config: TrainConfig) -> str | None:
+    """Why ``config``'s optimizer step itself puts NaN into the weights, or None.
+
+    Pure fp16 (``master_weights=False``) with Adam or AdamW: the moments live in fp16, where
+    Adam's ``eps=1e-8`` rounds to 0 and a small squared gradient underflows to 0, so the update
+    ``m / (sqrt(v) + eps)`` is 0/0 = NaN for every weight whose gradient is zero or tiny. The
+    gradients are finite, so no loss scaler sees it; the engines warn when they are built and
+    report such a step as non-finite (``found_inf=True``, not skipped: the NaN is applied).
+    bf16 has fp32's range (``1e-8`` is representable) and SGD divides by nothing.
+    """
+    if config.master_weights or config.precision != "fp16" or config.optimizer not in ("adam", "adamw"):
+        return None
+    return (
+        f"pure fp16 with {config.optimizer} (master_weights=False): eps=1e-8 rounds to 0 in fp16 and small "
+        f"squared gradients underflow to 0, so the update is 0/0 = NaN and the weights turn NaN on the first "
+        f"step; such steps are reported as non-finite (found_inf=True). To train, keep master_weights=True, "
+        f"use bf16, or optimizer='sgd'"
+    )
+
+
 def _progress_default() -> bool:
     return os.environ.get("MPCOURSE_PROGRESS", "1").lower() not in ("0", "false", "no", "off")
 
@@ -106,9 +127,11 @@ class Engine(ABC):
     model: Any
     config: TrainConfig
     user_loss_fn: Any  # the loss_fn given to make_engine, or None for the engine's default
+    loss_fn: Any  # the loss the engine computes: user_loss_fn or the default cross-entropy
     model_name: str
     num_features: int
     num_classes: int
+    framework_keys: tuple[str, ...] = ("scaler",)  # what _framework_state returns; checked on load
 
     def __init__(self) -> None:
         self.step = 0  # optimizer steps attempted so far (skipped ones included)
@@ -119,7 +142,7 @@ class Engine(ABC):
     @abstractmethod
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """One step on a numpy batch; returns loss, scale, grad_norm, found_inf, skipped,
-        seconds (device-synchronised) and clipped."""
+        seconds (device-synchronised), clipped and, under precision="fp8", the fp8 stats."""
 
     @abstractmethod
     def _predict(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -208,6 +231,7 @@ class Engine(ABC):
             samples=samples,
             clipped=bool(out.get("clipped", False)),
             epoch=self.epoch,
+            fp8=out.get("fp8"),
         )
 
     def fit(
@@ -299,12 +323,50 @@ class Engine(ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; a state from another backend or model is refused."""
+        """Restore from :meth:`state_dict`; a refused state leaves the engine exactly as it was.
+
+        The keys, the step counters, the backend and the model are checked before anything
+        changes; if the framework then refuses a part (a shape, a scaler field), the engine is
+        put back to the state it had.
+
+        Raises:
+            ValueError / TypeError: naming the missing or bad key.
+        """
+        self._check_state(state)
+        before = self.state_dict()
+        try:
+            self._apply_state(state)
+        except Exception:
+            self._apply_state(before)
+            raise
+
+    def _check_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "framework" not in state:
             raise ValueError("not an mpcourse engine state_dict (no 'framework' entry)")
+        missing = [k for k in ("backend", "model", "step", "epoch", "batch_in_epoch") if k not in state]
+        if missing:
+            raise ValueError(f"engine state_dict is missing keys {missing}")
         for key, mine in (("backend", self.backend), ("model", self.model_name)):
             if state.get(key) != mine:
                 raise ValueError(f"state_dict was saved from {key}={state.get(key)!r}, this engine has {key}={mine!r}")
+        for key in ("step", "epoch", "batch_in_epoch"):
+            v = state[key]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"engine state_dict: {key!r} must be an int >= 0, got {v!r}")
+        fw = state["framework"]
+        if not isinstance(fw, dict):
+            raise TypeError(f"engine state_dict: 'framework' must be a dict, got {type(fw).__name__}")
+        missing = [k for k in self.framework_keys if k not in fw]
+        if missing:
+            raise ValueError(
+                f"engine state_dict: 'framework' is missing keys {missing} (a {self.backend} engine saves "
+                f"{list(self.framework_keys)})"
+            )
+        scaler = fw.get("scaler")
+        if not isinstance(scaler, dict):
+            raise TypeError(f"engine state_dict: 'framework.scaler' must be a dict, got {type(scaler).__name__}")
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
         self._load_framework_state(state["framework"])
         if self.clip_state is not None:
             self._clip_state = self.config.clip.new_state()  # a state without one starts afresh

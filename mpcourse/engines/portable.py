@@ -139,7 +139,7 @@ def rng_state(backend: str) -> dict[str, Any]:
     mpcourse's own data order needs no RNG (it is a function of seed and epoch); this is for
     models with dropout or user code that draws from the global generators.
     """
-    legacy = np.random.get_state()
+    legacy: tuple[Any, ...] = tuple(np.random.get_state())
     out: dict[str, Any] = {
         "numpy": {
             "name": legacy[0],

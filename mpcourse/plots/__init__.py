@@ -10,7 +10,7 @@ Usage::
     fig.show()
 
 Modules: ``style`` (shared axes, smoothing, renderer), ``training``, ``formats``, ``clipping``,
-``debug``, ``production``, ``bench``. Every figure has a title and axis titles with units.
+``debug``, ``production``, ``bench``, ``fp8``. Every figure has a title and axis titles with units.
 """
 
 from mpcourse.plots.bench import memory_breakdown_bars, peak_memory_bars, speedup_lines, throughput_bars
@@ -24,6 +24,7 @@ from mpcourse.plots.formats import (
     running_sums,
     updates_vs_spacing,
 )
+from mpcourse.plots.fp8 import fp8_trace, history_trace, quantization_error_bars
 from mpcourse.plots.production import memory_bars, monitor_dashboard, precision_timeline
 from mpcourse.plots.style import (
     GRAD_NORM_AXIS,
@@ -31,12 +32,14 @@ from mpcourse.plots.style import (
     NOTEBOOK_RENDERER,
     STEP_AXIS,
     log2_ticks,
+    overflow_markers,
     setup_notebook,
     smooth,
 )
 from mpcourse.plots.training import loss_and_scale, loss_curves, scale_trajectory, time_bars, training_curves
 
 __all__ = [
+    "overflow_markers",
     "GRAD_NORM_AXIS",
     "LOSS_AXIS",
     "NOTEBOOK_RENDERER",
@@ -45,9 +48,11 @@ __all__ = [
     "clip_comparison",
     "clip_order_bars",
     "format_ranges",
+    "fp8_trace",
     "grad_norm_history",
     "gradient_histogram",
     "history_panels",
+    "history_trace",
     "log2_ticks",
     "loss_and_scale",
     "loss_curves",
@@ -57,6 +62,7 @@ __all__ = [
     "number_line",
     "peak_memory_bars",
     "precision_timeline",
+    "quantization_error_bars",
     "recommendation_heatmap",
     "running_sums",
     "scale_trajectory",

@@ -19,10 +19,6 @@ import plotly.graph_objects as go
 __all__ = ["throughput_bars", "peak_memory_bars", "speedup_lines", "memory_breakdown_bars"]
 
 
-__all__ += ["throughput_bars", "peak_memory_bars", "speedup_lines", "memory_breakdown_bars"]
-_PRECISION_ORDER = ("fp32", "tf32", "bf16", "fp16")
-
-
 _PRECISION_ORDER = ("fp32", "tf32", "bf16", "fp16")
 _PRECISION_COLORS = {"fp32": "#4C78A8", "tf32": "#72B7B2", "bf16": "#F58518", "fp16": "#E45756"}
 
@@ -110,8 +106,8 @@ def speedup_lines(rows: Sequence[Mapping[str, object]], x: str = "width", title:
     fig = go.Figure()
     for prec, rs in _by_precision(rows).items():
         pts = sorted(
-            (float(r[x]), float(r["speedup_vs_fp32"]))
-            for r in rs  # type: ignore[arg-type]
+            (float(r[x]), float(r["speedup_vs_fp32"]))  # type: ignore[arg-type]
+            for r in rs
             if r.get(x) is not None and r.get("speedup_vs_fp32")
         )
         if not pts or prec == "fp32":

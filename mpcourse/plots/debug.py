@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from mpcourse.history import History
-from mpcourse.plots.style import STEP_AXIS
+from mpcourse.plots.style import STEP_AXIS, overflow_markers
 
 __all__ = ["history_panels"]
 
@@ -64,26 +64,16 @@ def history_panels(
                     x=steps[mark],
                     y=y,
                     mode="markers",
-                    name=f"finding: {f.kind}",
+                    name=f"finding: {getattr(f, 'kind', '?')}",
                     marker=dict(symbol="circle-open", size=11),
                 ),
                 row=1,
                 col=1,
             )
     fig.add_trace(go.Scatter(x=steps, y=scales, mode="lines", line_shape="hv", name="loss scale"), row=2, col=1)
-    bad = history.column("found_inf").astype(bool) if len(history) else np.zeros(0, bool)
-    if bad.any():
-        fig.add_trace(
-            go.Scatter(
-                x=steps[bad],
-                y=scales[bad],
-                mode="markers",
-                name="overflow (step skipped)",
-                marker=dict(symbol="x", size=8, color="crimson"),
-            ),
-            row=2,
-            col=1,
-        )
+    marks = overflow_markers(steps, scales, history.column("found_inf") if len(history) else np.zeros(0, bool), size=8)
+    if marks is not None:
+        fig.add_trace(marks, row=2, col=1)
     good = np.isfinite(norms) & (norms > 0)
     fig.add_trace(go.Scatter(x=steps[good], y=norms[good], mode="lines", name="grad norm (finite, > 0)"), row=3, col=1)
     zero = norms == 0

@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 
-__all__ = ["LOSS_AXIS", "STEP_AXIS", "GRAD_NORM_AXIS", "smooth", "log2_ticks", "NOTEBOOK_RENDERER", "setup_notebook"]
-
-
-LOSS_AXIS = "training loss (cross-entropy, nats)"
+__all__ = [
+    "LOSS_AXIS",
+    "STEP_AXIS",
+    "GRAD_NORM_AXIS",
+    "smooth",
+    "log2_ticks",
+    "NOTEBOOK_RENDERER",
+    "setup_notebook",
+    "overflow_markers",
+]
 
 
 LOSS_AXIS = "training loss (cross-entropy, nats)"
 STEP_AXIS = "optimizer step"
 
 
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
+def smooth(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average over finite values (non-finite ones are left out of each window)."""
     v = np.asarray(values, dtype=float)
     if window <= 1 or len(v) == 0:
@@ -78,3 +86,23 @@ def setup_notebook(renderer: str = NOTEBOOK_RENDERER) -> str:
 
     pio.renderers.default = renderer
     return renderer
+
+
+def overflow_markers(
+    steps: np.ndarray,
+    scales: np.ndarray,
+    found_inf: np.ndarray,
+    name: str = "overflow (step skipped)",
+    *,
+    always: bool = False,
+    **marker: Any,
+) -> go.Scatter | None:
+    """Red markers on the loss-scale line at the steps whose gradients overflowed.
+
+    None when no step overflowed, unless ``always`` (a live figure that keeps a fixed trace order).
+    """
+    bad = np.asarray(found_inf, dtype=bool)
+    if not bad.any() and not always:
+        return None
+    style = {"symbol": "x", "size": 9, "color": "crimson", **marker}
+    return go.Scatter(x=steps[bad], y=scales[bad], mode="markers", name=name, marker=style)

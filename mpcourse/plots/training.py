@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from mpcourse.history import History
-from mpcourse.plots.style import LOSS_AXIS, STEP_AXIS, log2_ticks, smooth
+from mpcourse.plots.style import LOSS_AXIS, STEP_AXIS, log2_ticks, overflow_markers, smooth
 
 __all__ = ["loss_curves", "scale_trajectory", "time_bars", "training_curves", "loss_and_scale"]
 
@@ -54,17 +54,17 @@ def scale_trajectory(history: History | Mapping[str, History], title: str = "Los
                 line=dict(dash=("solid", "dash", "dot", "dashdot")[i % 4]),
             )
         )
-        bad = hist.column("found_inf").astype(bool) if len(hist) else np.zeros(0, bool)
-        if bad.any():
-            fig.add_trace(
-                go.Scatter(
-                    x=steps[bad],
-                    y=scales[bad],
-                    mode="markers",
-                    name=f"{name} overflow (step skipped)",
-                    marker=dict(symbol=symbols[i % 4], size=10, color="crimson", line=dict(width=2, color="crimson")),
-                )
-            )
+        marks = overflow_markers(
+            steps,
+            scales,
+            hist.column("found_inf"),
+            f"{name} overflow (step skipped)",
+            symbol=symbols[i % 4],
+            size=10,
+            line=dict(width=2, color="crimson"),
+        )
+        if marks is not None:
+            fig.add_trace(marks)
     fig.update_layout(title=title, xaxis_title=STEP_AXIS, yaxis_title="loss scale (log2 axis)", template="plotly_white")
     all_scales = np.concatenate([h.scales for h in runs.values()]) if runs else np.zeros(0)
     fig.update_yaxes(type="log", **log2_ticks(all_scales))
@@ -109,17 +109,7 @@ def loss_and_scale(
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
     fig.add_trace(go.Scatter(x=steps, y=loss, mode="lines", name="loss"), row=1, col=1)
     fig.add_trace(go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name="loss scale"), row=2, col=1)
-    fig.add_trace(
-        go.Scatter(
-            x=steps[bad],
-            y=scale[bad],
-            mode="markers",
-            name="overflow (step skipped)",
-            marker=dict(symbol="x", size=9, color="crimson"),
-        ),
-        row=2,
-        col=1,
-    )
+    fig.add_trace(overflow_markers(steps, scale, bad, always=True), row=2, col=1)  # trace 2, even when empty
     fig.update_layout(title=title, template="plotly_white", height=480)
     fig.update_yaxes(title_text="loss (nats)", row=1, col=1)  # short: two stacked axis titles
     fig.update_yaxes(title_text="loss scale (log2)", type="log", row=2, col=1, **log2_ticks(scale))

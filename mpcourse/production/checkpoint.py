@@ -1,32 +1,43 @@
-"""Crash-safe checkpoints: atomic writes, a checksum, and a clear refusal of bad files.
+"""Crash-safe checkpoints of an engine, and a directory of them that a run can rely on.
 
 Usage::
 
     from mpcourse.production.checkpoint import save_checkpoint, load_checkpoint, CheckpointManager
 
-    save_checkpoint("run/ckpt.mpck", eng)          # model, optimizer, scaler, step, data
-                                                   #   position, RNG, precision and config
-    ck = load_checkpoint("run/ckpt.mpck", eng2)    # eng2 continues exactly where eng stood
+    save_checkpoint("run/ckpt.mpck", eng, data=ds)   # model, optimizer, scaler, step, data
+                                                     #   position, RNG, precision, config, dataset
+    ck = load_checkpoint("run/ckpt.mpck", eng2, data=ds)   # eng2 continues exactly where eng stood
     ck.meta["step"], ck.meta["precision"]
 
     mgr = CheckpointManager("run", every=50, keep=3)
-    mgr.maybe_save(eng)                            # every 50 steps, oldest pruned
-    mgr.latest()                                   # newest file that passes every check
+    mgr.maybe_save(eng)                            # every 50 steps; older ones of this run pruned
+    mgr.latest()                                   # the newest checkpoint of this run that verifies
+    mgr.scan().skipped                             # [(path, why)] for every file it passed over
 
-The file (no pickle: nothing in it can run code when read)::
+The file format (every byte after the magic checksummed; why not safetensors) is in
+:mod:`mpcourse.production.ckpt_format`. Loading checks the file, then that backend, model,
+config and -- when ``data`` is given -- the dataset (name, shapes, a sha256 of its arrays) match
+the engine's; a refused load leaves the engine untouched.
 
-    b"MPCKPT\\x00\\x01"            8 bytes, the magic and format version
-    header_len, payload_len       two little-endian uint64
-    sha256(header + payload)      32 bytes
-    header                        UTF-8 JSON: meta, the state tree with arrays replaced by
-                                  references, and an array table (dtype, shape, offset)
-    payload                       the arrays' raw little-endian bytes, one after the other
+The directory rules (:class:`CheckpointManager`), which the tests check one by one:
 
-Writing goes to a temporary file in the same directory, which is flushed, fsync'd and then
-``os.replace``'d over the target (atomic on POSIX and Windows), and the directory is fsync'd.
-A crash at any moment leaves either the old checkpoint or the new one, never half of one.
-Reading checks the magic, the length (a truncated file), the checksum (a corrupt one) and,
-when loading into an engine, that backend, model and config match.
+1. **A save never removes the file it wrote.** If the name it would take holds a damaged file
+   or another run's checkpoint, it writes ``PREFIX_STEP.RUNID.mpck`` beside it instead of
+   overwriting.
+2. **Pruning keeps the newest ``keep`` valid checkpoints of this run** and nothing else goes:
+   newest means most recently written (``meta["written_ns"]``), not highest step, so stale
+   higher-numbered files cannot push out the new ones. Damaged files and other runs' files are
+   never pruned (they are not this run's to delete) and never count towards ``keep``.
+3. **A run is identified** by ``meta["run"]``: backend, model, config and dataset record, and
+   a sha256 ``id`` of them. A manager is bound to one run, by :meth:`CheckpointManager.bind`
+   (the :class:`~mpcourse.production.trainer.Trainer` does that) or by its first save.
+4. **Resume uses the newest valid checkpoint of this run** and reports every file it skipped,
+   with why (damaged: the :class:`CheckpointError` text; another run: the differing fields).
+5. **With none valid, resume refuses** (``Trainer.resume`` raises :class:`CheckpointError`;
+   ``python -m mpcourse.production train --resume`` exits 2) unless ``--allow-fresh-start``.
+6. **Stale ``.tmp`` files** left by a kill during a write are removed on the next start:
+   :meth:`CheckpointManager.remove_stale_tmp`, called by the first save and by the CLI. One run
+   writes to a directory at a time.
 """
 
 from __future__ import annotations
@@ -35,16 +46,23 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import struct
-import tempfile
+import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mpcourse.engines.portable import FrameworkArray, export_state, import_state
+from mpcourse.engines.portable import export_state, import_state
+from mpcourse.production.ckpt_format import (
+    MAGIC,
+    Checkpoint,
+    CheckpointError,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 __all__ = [
     "CheckpointError",
@@ -53,183 +71,123 @@ __all__ = [
     "read_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "check_compatible",
+    "dataset_record",
+    "run_identity",
     "CheckpointManager",
+    "Scan",
     "MAGIC",
     "state_differences",
 ]
 
-MAGIC = b"MPCKPT\x00\x01"
-_PREFIX = struct.Struct("<8sQQ32s")
-_MARK = "__mpc_"
+
+# --- what identifies the data and the run --------------------------------------------------------
+def dataset_record(data: Any) -> dict[str, Any]:
+    """Name, shapes, classes and a sha256 of every array of a Dataset (or an ``(x, y)`` pair).
+
+    Two datasets with the same record hold the same bytes; the record goes into checkpoints so a
+    resume on other data is refused.
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        name, parts, classes = None, {"x_train": data[0], "y_train": data[1]}, None
+    elif hasattr(data, "x_train"):
+        name, classes = data.name, int(data.num_classes)
+        parts = {k: getattr(data, k) for k in ("x_train", "y_train", "x_test", "y_test")}
+    else:
+        raise TypeError(f"data must be an mpcourse Dataset or an (x, y) pair, got {type(data).__name__}")
+    digest = hashlib.sha256()
+    shapes = {}
+    for key, arr in parts.items():
+        a = np.ascontiguousarray(arr)
+        shapes[key] = list(a.shape)
+        digest.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        digest.update(a.tobytes())
+    return {"name": name, "shapes": shapes, "num_classes": classes, "sha256": digest.hexdigest()}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that is truncated, corrupt, not a checkpoint, or for another run."""
+def run_identity(backend: str, model: str, config: dict[str, Any], dataset: dict[str, Any] | None) -> dict[str, Any]:
+    """What makes two checkpoints the same run, plus an ``id`` (a sha256 prefix of it)."""
+    ident = {"backend": backend, "model": model, "config": config, "dataset": dataset}
+    ident["id"] = hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+    return ident
 
 
-@dataclass
-class Checkpoint:
-    """What a checkpoint file holds: ``meta`` (JSON values) and ``state`` (a numpy tree)."""
-
-    path: Path
-    meta: dict[str, Any]
-    state: dict[str, Any] = field(repr=False)
-
-
-# --- encoding ----------------------------------------------------------------------------------
-def _dtype_name(arr: np.ndarray) -> str:
-    if arr.dtype.kind in "OUSVM" and arr.dtype.name != "bfloat16":
-        raise TypeError(f"cannot store an array of dtype {arr.dtype} in a checkpoint (numbers and booleans only)")
-    return arr.dtype.name
+def _differences(saved: Any, mine: Any, prefix: str, here: str = "here") -> list[str]:
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        out: list[str] = []
+        for k in sorted(set(saved) | set(mine), key=str):
+            if k != "id":
+                out += _differences(saved.get(k), mine.get(k), f"{prefix}.{k}" if prefix else str(k), here)
+        return out
+    return [] if saved == mine else [f"{prefix}: {saved!r} in the checkpoint, {mine!r} {here}"]
 
 
-def _dtype_from(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
+# --- one engine, one file ---------------------------------------------------------------------------
+def save_checkpoint(
+    path: str | os.PathLike[str], engine: Any, *, meta: dict[str, Any] | None = None, data: Any = None
+) -> Path:
+    """Save everything ``engine`` needs to continue exactly, atomically.
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+    Args:
+        path: the file to write (its directory is created).
+        engine: a built engine (torch or mlx).
+        meta: extra JSON-friendly values to store (e.g. a trainer's events). Default None.
+        data: the Dataset it trains on, recorded so that a resume on other data is refused. Default None.
+    """
+    from mpcourse import __version__
 
-
-def _encode(obj: Any, arrays: list[np.ndarray], path: str) -> Any:
-    if isinstance(obj, FrameworkArray):
-        return {f"{_MARK}array__": _add(obj.array, arrays), "framework": obj.framework}
-    if isinstance(obj, np.ndarray):
-        return {f"{_MARK}array__": _add(obj, arrays)}
-    if isinstance(obj, np.generic):  # a numpy scalar: kept as one, with its dtype
-        return {f"{_MARK}array__": _add(np.asarray(obj), arrays), "scalar": True}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) and not k.startswith(_MARK) for k in obj):
-            return {k: _encode(v, arrays, f"{path}/{k}") for k, v in obj.items()}
-        return {
-            f"{_MARK}dict__": [[_encode(k, arrays, path), _encode(v, arrays, f"{path}/{k}")] for k, v in obj.items()]
-        }
-    if isinstance(obj, tuple):
-        return {f"{_MARK}tuple__": [_encode(v, arrays, f"{path}/{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, arrays, f"{path}/{i}") for i, v in enumerate(obj)]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(
-        f"cannot store {type(obj).__name__} at {path or '/'} in a checkpoint; allowed: "
-        f"dict, list, tuple, str, int, float, bool, None, numpy arrays"
-    )
-
-
-def _add(arr: np.ndarray, arrays: list[np.ndarray]) -> int:
-    _dtype_name(arr)
-    arrays.append(arr)
-    return len(arrays) - 1
+    state = export_state(engine)
+    info = {
+        "backend": engine.backend,
+        "model": engine.model_name,
+        "device": engine.device,
+        "precision": engine.config.precision,
+        "config": engine.config.to_dict(),
+        "step": engine.step,
+        "epoch": engine.epoch,
+        "batch_in_epoch": engine.batch_in_epoch,
+        "mpcourse": __version__,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "written_ns": time.time_ns(),
+    }
+    if data is not None:
+        info["dataset"] = dataset_record(data)
+    return write_checkpoint(path, state, {**info, **(meta or {})})
 
 
-def _decode(obj: Any, arrays: list[np.ndarray]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, arrays) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if f"{_MARK}array__" in obj:
-        arr = arrays[obj[f"{_MARK}array__"]]
-        if "framework" in obj:
-            return FrameworkArray(obj["framework"], arr)
-        return arr[()] if obj.get("scalar") else arr
-    if f"{_MARK}tuple__" in obj:
-        return tuple(_decode(v, arrays) for v in obj[f"{_MARK}tuple__"])
-    if f"{_MARK}dict__" in obj:
-        return {_decode(k, arrays): _decode(v, arrays) for k, v in obj[f"{_MARK}dict__"]}
-    return {k: _decode(v, arrays) for k, v in obj.items()}
-
-
-# --- files -------------------------------------------------------------------------------------
-def write_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Atomically write a numpy ``state`` tree and JSON ``meta`` to ``path``.
+def load_checkpoint(path: str | os.PathLike[str], engine: Any, *, data: Any = None) -> Checkpoint:
+    """Verify a checkpoint and load it into ``engine``, which then continues exactly.
 
     Raises:
-        TypeError: a value that cannot be stored (nothing is written then).
-        OSError: the disk refused; the previous file at ``path``, if any, is untouched.
+        CheckpointError: a bad file (see :func:`read_checkpoint`), or one written by another
+            backend, model, config or (with ``data``) dataset; the engine is left untouched then.
     """
-    path = Path(path)
-    arrays: list[np.ndarray] = []
-    tree = _encode(state, arrays, "")
-    table, offset, blobs = [], 0, []
-    for arr in arrays:
-        data = np.array(arr, order="C", copy=True)  # (not ascontiguousarray: it makes 0-d arrays 1-d)
-        if data.dtype.byteorder == ">":
-            data = data.astype(data.dtype.newbyteorder("<"))
-        blob = data.tobytes()
-        table.append({"dtype": _dtype_name(data), "shape": list(data.shape), "offset": offset, "nbytes": len(blob)})
-        blobs.append(blob)
-        offset += len(blob)
-    header = json.dumps({"meta": meta, "tree": tree, "arrays": table}).encode("utf-8")
-    digest = hashlib.sha256(header)
-    for blob in blobs:
-        digest.update(blob)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ck = read_checkpoint(path)
+    check_compatible(ck, engine, data=data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, len(header), offset, digest.digest()))
-            f.write(header)
-            for blob in blobs:
-                f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
+        import_state(engine, ck.state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{ck.path} does not fit this engine: {err}") from err
+    return ck
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable (POSIX); Windows cannot open directories, and needs not.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read and verify a checkpoint file.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: not a checkpoint, truncated, or corrupt; the message says which.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
-        if raw[:6] == MAGIC[:6]:
-            raise CheckpointError(
-                f"{path}: checkpoint format version {raw[6:8]!r} is not supported (this mpcourse reads {MAGIC[6:8]!r})"
-            )
-        raise CheckpointError(f"{path} is not an mpcourse checkpoint (no {MAGIC!r} header); it is {len(raw)} bytes")
-    _, header_len, payload_len, digest = _PREFIX.unpack_from(raw)
-    expected = _PREFIX.size + header_len + payload_len
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has trailing bytes"
+def check_compatible(ck: Checkpoint, engine: Any, *, data: Any = None) -> None:
+    """Refuse a checkpoint from another backend, model, config or dataset, naming every difference."""
+    saved = {k: ck.meta.get(k) for k in ("backend", "model", "config")}
+    mine = {"backend": engine.backend, "model": engine.model_name, "config": engine.config.to_dict()}
+    diffs = _differences(saved, mine, "", "in the engine")
+    if data is not None:
+        if not isinstance(ck.meta.get("dataset"), dict):
+            diffs.append("dataset: the checkpoint records none (saved without data=), so it cannot be checked")
+        else:
+            diffs += _differences(ck.meta["dataset"], dataset_record(data), "dataset", "in the data given")
+    if diffs:
         raise CheckpointError(
-            f"{path} is {what}: expected {expected} bytes, found {len(raw)} "
-            f"(an interrupted copy?); use an earlier checkpoint"
+            f"{ck.path} was written by a different run: "
+            + "; ".join(diffs)
+            + ". Build the engine with the checkpoint's backend, model, config and data "
+            "(Checkpoint.meta) to resume it"
         )
-    body = raw[_PREFIX.size :]
-    if hashlib.sha256(body).digest() != digest:
-        raise CheckpointError(
-            f"{path} is corrupt: its sha256 checksum does not match the content; use an earlier checkpoint"
-        )
-    head = json.loads(body[:header_len].decode("utf-8"))
-    payload = memoryview(body)[header_len:]
-    arrays = []
-    for entry in head["arrays"]:
-        dtype = _dtype_from(entry["dtype"])
-        chunk = payload[entry["offset"] : entry["offset"] + entry["nbytes"]]
-        arrays.append(np.frombuffer(chunk, dtype=dtype).reshape(tuple(entry["shape"])).copy())
-    return Checkpoint(path=path, meta=head["meta"], state=_decode(head["tree"], arrays))
 
 
 def state_differences(a: Any, b: Any) -> list[str]:
@@ -251,120 +209,160 @@ def state_differences(a: Any, b: Any) -> list[str]:
     )
 
 
-def save_checkpoint(path: str | os.PathLike[str], engine: Any, *, meta: dict[str, Any] | None = None) -> Path:
-    """Save everything ``engine`` needs to continue exactly, atomically.
+# --- a directory of them ------------------------------------------------------------------------------
+@dataclass
+class Scan:
+    """What :meth:`CheckpointManager.scan` found: this run's valid files (newest first) and the rest."""
 
-    Args:
-        path: the file to write (its directory is created).
-        engine: a built engine (torch or mlx).
-        meta: extra JSON-friendly values to store (e.g. a trainer's events). Default None.
-    """
-    from mpcourse import __version__
+    valid: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
-    state = export_state(engine)
-    info = {
-        "backend": engine.backend,
-        "model": engine.model_name,
-        "device": engine.device,
-        "precision": engine.config.precision,
-        "config": engine.config.to_dict(),
-        "step": engine.step,
-        "epoch": engine.epoch,
-        "batch_in_epoch": engine.batch_in_epoch,
-        "mpcourse": __version__,
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-    }
-    return write_checkpoint(path, state, {**info, **(meta or {})})
+    @property
+    def newest(self) -> Path | None:
+        return self.valid[0][0] if self.valid else None
 
 
-def load_checkpoint(path: str | os.PathLike[str], engine: Any) -> Checkpoint:
-    """Verify a checkpoint and load it into ``engine``, which then continues exactly.
-
-    Raises:
-        CheckpointError: a bad file (see :func:`read_checkpoint`), or one written by another
-            backend, model or config; the engine is left untouched then.
-    """
-    ck = read_checkpoint(path)
-    check_compatible(ck, engine)
-    try:
-        import_state(engine, ck.state)
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{ck.path} does not fit this engine: {err}") from err
-    return ck
-
-
-def check_compatible(ck: Checkpoint, engine: Any) -> None:
-    """Refuse a checkpoint from another backend, model or config, naming every difference."""
-    diffs = [
-        f"{k}: {ck.meta.get(k)!r} in the checkpoint, {mine!r} in the engine"
-        for k, mine in (("backend", engine.backend), ("model", engine.model_name))
-        if ck.meta.get(k) != mine
-    ]
-    saved, mine = ck.meta.get("config", {}), engine.config.to_dict()
-    diffs += [
-        f"config.{k}: {saved.get(k)!r} in the checkpoint, {mine.get(k)!r} in the engine"
-        for k in sorted(set(saved) | set(mine))
-        if saved.get(k) != mine.get(k)
-    ]
-    if diffs:
-        raise CheckpointError(
-            f"{ck.path} was written by a different run: "
-            + "; ".join(diffs)
-            + ". Build the engine with the checkpoint's backend, model and config "
-            "(Checkpoint.meta) to resume it"
-        )
+def _positive(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return v
 
 
 class CheckpointManager:
-    """Numbered checkpoints in one directory: save every N steps, keep the last K, find the newest good one.
+    """Numbered checkpoints of one run in one directory (the rules are in the module docstring).
 
     Usage::
 
         mgr = CheckpointManager("run", every=50, keep=3)
         eng.fit(ds, epochs=5, callback=lambda e, r: mgr.maybe_save(e) and False)
-        mgr.latest()          # Path of the newest checkpoint that verifies, or None
+        mgr.latest()          # Path of the newest checkpoint of this run that verifies, or None
 
     Args:
-        directory: where the files go (created).
+        directory: where the files go (created by the first save).
         every: save when ``engine.step`` is a multiple of this, >= 1. Default 100.
-        keep: how many of the newest files to keep, >= 1. Default 3.
+        keep: how many of this run's newest valid files to keep, >= 1. Default 3.
         prefix: file name prefix. Default ``"ckpt"``.
+        run: the run's :func:`run_identity`, or None to take the first saved engine's. Default None.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], every: int = 100, keep: int = 3, prefix: str = "ckpt"
+        self,
+        directory: str | os.PathLike[str],
+        every: int = 100,
+        keep: int = 3,
+        prefix: str = "ckpt",
+        *,
+        run: dict[str, Any] | None = None,
     ) -> None:
-        for name, v in (("every", every), ("keep", keep)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        self.directory = Path(directory)
-        self.every, self.keep, self.prefix = every, keep, prefix
+        self.every, self.keep = _positive("every", every), _positive("keep", keep)
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "/\\*?[]"):
+            raise ValueError(f"prefix must be a plain file name part (no / \\ * ? [ ]), got {prefix!r}")
+        self.directory, self.prefix = Path(directory), prefix
+        self.run: dict[str, Any] | None = None
+        if run is not None:
+            self.bind(run)
+        self._metas: dict[Path, tuple[tuple[int, int], dict[str, Any] | str]] = {}
+        self._cleaned = False
+
+    def bind(self, run: dict[str, Any]) -> None:
+        """Make ``run`` (a :func:`run_identity`) the run this manager saves, prunes and resumes."""
+        if not isinstance(run, dict) or "id" not in run:
+            raise TypeError(f"run must be a dict from run_identity(), got {run!r}")
+        if self.run is not None and self.run["id"] != run["id"]:
+            raise ValueError(
+                f"this CheckpointManager belongs to run {self.run['id']}, not {run['id']} "
+                f"({'; '.join(_differences(self.run, run, ''))}); give each run its own manager"
+            )
+        self.run = run
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"{self.prefix}_{step:08d}.mpck"
 
     def paths(self) -> list[Path]:
-        """Checkpoint files here, oldest first (by step number in the name)."""
+        """Checkpoint files here, by name (step number)."""
         return sorted(self.directory.glob(f"{self.prefix}_*.mpck"))
 
+    def remove_stale_tmp(self) -> list[Path]:
+        """Delete the temporary files a killed write left here (``.NAME.mpck.XXXX.tmp``); returns them."""
+        self._cleaned = True
+        gone = sorted(self.directory.glob(".*.mpck.*.tmp")) if self.directory.is_dir() else []
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
+
+    def _meta(self, path: Path) -> dict[str, Any] | str:
+        """The verified meta of ``path``, or why it is refused (cached while the file is unchanged)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "it vanished while being read"
+        key = (st.st_size, st.st_mtime_ns)
+        hit = self._metas.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            found: dict[str, Any] | str = read_checkpoint(path).meta
+        except CheckpointError as err:
+            found = str(err)
+        except OSError as err:
+            found = f"{path} cannot be read: {err}"
+        self._metas[path] = (key, found)
+        return found
+
+    def scan(self, run: dict[str, Any] | None = None) -> Scan:
+        """Every file here, sorted: this run's valid ones (newest written first) and the skipped ones.
+
+        Args:
+            run: the run to look for. Default: the bound run, or any run when unbound.
+        """
+        run = run or self.run
+        out = Scan()
+        for path in self.paths():
+            meta = self._meta(path)
+            if isinstance(meta, str):
+                out.skipped.append((path, meta))
+            elif run is not None and (meta.get("run") or {}).get("id") != run["id"]:
+                why = "; ".join(_differences(meta.get("run") or {}, run, "")) or "no run identity recorded"
+                out.skipped.append((path, f"{path} is another run's checkpoint: {why}"))
+            else:
+                out.valid.append((path, meta))
+        out.valid.sort(key=lambda pm: (pm[1].get("written_ns", 0), pm[1].get("step", 0)), reverse=True)
+        return out
+
     def save(self, engine: Any, meta: dict[str, Any] | None = None) -> Path:
-        """Save now, then prune all but the newest ``keep`` files."""
-        path = save_checkpoint(self.path_for(engine.step), engine, meta=meta)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
-        return path
+        """Save now (binding the run on the first save), then prune this run's older files."""
+        if self.run is None:
+            self.bind(run_identity(engine.backend, engine.model_name, engine.config.to_dict(), None))
+        assert self.run is not None
+        if not self._cleaned:
+            self.remove_stale_tmp()
+        path = self.path_for(engine.step)
+        if path.exists():
+            old = self._meta(path)
+            if isinstance(old, str) or (old.get("run") or {}).get("id") != self.run["id"]:
+                path = path.with_name(f"{path.stem}.{self.run['id'][:8]}.mpck")  # never overwrite what is not ours
+        extra = {**(meta or {}), "run": self.run}
+        if self.run.get("dataset") is not None:
+            extra["dataset"] = self.run["dataset"]
+        written = save_checkpoint(path, engine, meta=extra)
+        self._metas.pop(written, None)
+        mine = [p for p, _ in self.scan(self.run).valid if p != written]
+        for old_path in mine[self.keep - 1 :]:
+            old_path.unlink(missing_ok=True)
+        return written
 
     def maybe_save(self, engine: Any, meta: dict[str, Any] | None = None) -> Path | None:
         """Save if ``engine.step`` is a multiple of ``every``; the path written, or None."""
         return self.save(engine, meta) if engine.step > 0 and engine.step % self.every == 0 else None
 
-    def latest(self) -> Path | None:
-        """The newest file that verifies; bad ones are skipped with a warning naming them."""
-        for path in reversed(self.paths()):
-            try:
-                read_checkpoint(path)
-            except CheckpointError as err:
-                warnings.warn(f"skipping a bad checkpoint: {err}", stacklevel=2)
-                continue
-            return path
-        return None
+    def latest(self, run: dict[str, Any] | None = None) -> Path | None:
+        """The newest valid checkpoint of this run; each file passed over is named in a warning."""
+        found = self.scan(run)
+        warn_skipped(found.skipped)
+        return found.newest
+
+
+def warn_skipped(skipped: Sequence[tuple[Path, str]]) -> None:
+    """One UserWarning per file a scan passed over, saying why."""
+    for _, why in skipped:
+        warnings.warn(f"skipping a checkpoint: {why}", UserWarning, stacklevel=3)

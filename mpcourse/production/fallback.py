@@ -28,7 +28,8 @@ __all__ = ["check_precision", "transfer", "SAFETY", "FallbackPolicy", "switch_pr
 
 
 # Range, not precision: fp16 overflows first, bf16 has fp32's exponent range, fp32 is the floor.
-SAFETY: dict[str, int] = {"fp16": 0, "bf16": 1, "fp32": 2}
+# fp8 (per-tensor scaled matmuls, the rest in bf16) falls back to bf16 like fp16 does.
+SAFETY: dict[str, int] = {"fp16": 0, "fp8": 0, "bf16": 1, "fp32": 2}
 
 
 def check_precision(name: str, p: Any) -> str:

@@ -30,8 +30,11 @@ from mpcourse.production.checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointManager,
+    dataset_record,
     load_checkpoint,
     read_checkpoint,
+    run_identity,
+    warn_skipped,
 )
 from mpcourse.production.fallback import SAFETY, FallbackPolicy, transfer
 from mpcourse.production.monitor import Monitor
@@ -90,6 +93,15 @@ class Trainer:
             backend, model, self._config_for(first), device=device, data=data, size=size, verbose=False
         )
         self.history = History(meta={**self.engine.describe(), "trainer": True})
+        # What makes a checkpoint this run's: the user's config (not the current phase's) and the data.
+        try:
+            record: dict[str, Any] | None = dataset_record(data)
+        except TypeError:  # batches from an iterable: nothing to fingerprint up front
+            record = None
+        self.run = run_identity(backend, self.engine.model_name, config.to_dict(), record)
+        if checkpoints is not None:
+            checkpoints.bind(self.run)
+        self.resume_skipped: list[tuple[Path, str]] = []  # what the last resume passed over, and why
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -130,9 +142,10 @@ class Trainer:
 
     def _maybe_checkpoint(self) -> None:
         if self.checkpoints is not None and self.engine.step % self.checkpoints.every == 0:
-            self.checkpoints.save(self.engine, meta={"trainer": self._trainer_state()})
+            self.checkpoints.save(self.engine, meta={"trainer": self.trainer_state()})
 
-    def _trainer_state(self) -> dict[str, Any]:
+    def trainer_state(self) -> dict[str, Any]:
+        """The trainer's own part of a checkpoint: fallback floor, History, the fallback window."""
         return {"floor": self.floor, "history": self.history.to_dict(), "recent": [r.step for r in self._recent]}
 
     def run_to(self, total_steps: int, progress: bool = False) -> History:
@@ -149,9 +162,10 @@ class Trainer:
             self.engine.fit(self.data, steps=stop - self.engine.step, progress=progress, callback=self._on_step)
             if self._pending is not None:
                 reason, evidence = self._pending
-                to = self.fallback.next_precision(self.engine.config.precision)  # type: ignore[union-attr]
-                self.floor = to  # type: ignore[assignment]
-                self._switch(to, {"kind": "fallback", "reason": reason, "evidence": evidence})  # type: ignore[arg-type]
+                assert self.fallback is not None  # _pending is only set by the fallback policy
+                to = self.fallback.next_precision(self.engine.config.precision)
+                self.floor = to
+                self._switch(to, {"kind": "fallback", "reason": reason, "evidence": evidence})
                 self._maybe_checkpoint()
         return self.history
 
@@ -162,25 +176,36 @@ class Trainer:
         return self.run_to(self.engine.step + steps, progress)
 
     def resume(self, source: str | Path | CheckpointManager) -> Checkpoint:
-        """Continue from a checkpoint file, or the newest good one in a directory/manager.
+        """Continue from a checkpoint file, or the newest valid one of this run in a directory/manager.
+
+        Files passed over (damaged, or another run's) are listed in ``self.resume_skipped`` with
+        why, and each is named in a UserWarning.
 
         Raises:
-            FileNotFoundError: no usable checkpoint there.
-            CheckpointError: the file is bad or from another run.
+            CheckpointError: no valid checkpoint of this run there (the message lists what was
+                skipped and why), or the file is bad or from another run (backend, model, config
+                or dataset). The trainer is left as it was.
+            FileNotFoundError: ``source`` is a file path that does not exist.
         """
         if isinstance(source, CheckpointManager) or Path(source).is_dir():
-            mgr = source if isinstance(source, CheckpointManager) else CheckpointManager(source)
-            path = mgr.latest()
-            if path is None:
-                raise FileNotFoundError(f"no usable checkpoint in {mgr.directory}")
+            mgr = source if isinstance(source, CheckpointManager) else CheckpointManager(source, run=self.run)
+            found = mgr.scan(self.run)
+            self.resume_skipped = found.skipped
+            warn_skipped(found.skipped)
+            if found.newest is None:
+                why = "; ".join(w for _, w in found.skipped) or "the directory holds no checkpoint files"
+                raise CheckpointError(f"no valid checkpoint of this run in {mgr.directory}: {why}")
+            path = found.newest
         else:
-            path = Path(source)
+            path, self.resume_skipped = Path(source), []
         ck = read_checkpoint(path)
         precision = ck.meta.get("precision")
         if precision not in PRECISIONS:
             raise CheckpointError(f"{path}: no valid precision in its meta ({precision!r})")
-        self.engine = transfer(self.engine, self._config_for(precision))
-        load_checkpoint(path, self.engine)  # refuses another backend, model or config
+        engine = transfer(self.engine, self._config_for(precision))
+        data = self.data if self.run["dataset"] is not None else None
+        load_checkpoint(path, engine, data=data)  # refuses another backend, model, config or dataset
+        self.engine = engine
         state = ck.meta.get("trainer", {})
         self.floor = state.get("floor", "fp16")
         if "history" in state:

@@ -121,7 +121,7 @@ def compare(
     return {name: train(data, config, p, name=name, **kwargs) for name, p in policies.items()}
 
 
-def loss_spikes(losses: Sequence[float], factor: float = 1.5, window: int = 10) -> int:
+def loss_spikes(losses: Sequence[float] | np.ndarray, factor: float = 1.5, window: int = 10) -> int:
     """Steps whose loss is non-finite or above ``factor`` x the median of the ``window`` before it."""
     v = np.asarray(losses, dtype=float)
     count = 0

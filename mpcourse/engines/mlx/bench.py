@@ -32,6 +32,7 @@ __all__ = [
     "check_device",
     "precision_unsupported",
     "precision_context",
+    "fp8_matmul",
     "MemoryProbe",
     "matmul_peak_tflops",
     "device_info",
@@ -59,6 +60,11 @@ def precision_unsupported(device: str, precision: str) -> str | None:
     if precision == "tf32":
         return "tf32 is a CUDA matmul mode of PyTorch; MLX has no tf32 switch"
     return None
+
+
+def fp8_matmul(device: str) -> str:
+    """Always ``"emulated"``: MLX 0.32 has fp8 conversions but no FP8 matmul."""
+    return "emulated"
 
 
 @contextlib.contextmanager

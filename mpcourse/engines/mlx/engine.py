@@ -51,6 +51,7 @@ tracing.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -61,8 +62,11 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
+from mpcourse.engines.mlx.fp8 import fp8_for_engine
 from mpcourse.engines.mlx.models import build_model
+from mpcourse.engines.mlx.support import precision_problem
+from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
 
 __all__ = [
     "MLXEngine",
@@ -92,9 +96,16 @@ def _gpu_backend() -> str:
 
 
 def resolve_device(device: str) -> mx.Device:
-    """``"auto"`` -> MLX's default device; ``"cpu"``/``"gpu"`` (or ``"metal"``/``"cuda"``) must exist."""
+    """``"auto"`` -> MLX's default device, or the one ``MPCOURSE_DEVICE`` pins; ``"cpu"``/``"gpu"``
+    (or ``"metal"``/``"cuda"``) must exist."""
     if device == "auto":
-        return mx.default_device()
+        pinned = pinned_device("mlx")
+        if pinned is None:
+            return mx.default_device()
+        try:
+            return resolve_device(pinned)
+        except DeviceUnavailableError as err:
+            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
     if device == "cpu":
         return mx.Device(mx.cpu)
     if device not in ("gpu", "metal", "cuda"):
@@ -129,6 +140,7 @@ class MLXEngine(Engine):
     """
 
     backend = "mlx"
+    framework_keys = ("master", "optimizer", "buffers", "scaler")
 
     def __init__(
         self,
@@ -146,6 +158,9 @@ class MLXEngine(Engine):
         self.config = config
         self._device = resolve_device(device)
         self.device = _device_name(self._device)
+        problem = precision_problem(self.device, config.precision)  # what this MLX cannot do there
+        if problem:
+            raise DeviceUnavailableError(f"{config.precision} on mlx {self.device}: {problem}")
         zoo = isinstance(model, str)
         if zoo:
             self.model_name = model if size == "small" else f"{model}:{size}"
@@ -159,8 +174,13 @@ class MLXEngine(Engine):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
         self.user_loss_fn = loss_fn  # None: the default below
         self.loss_fn: LossFn = loss_fn or default_loss
-        self.dtype = DTYPES[config.precision]
+        self.dtype = DTYPES["bf16" if config.precision == "fp8" else config.precision]  # fp8: the rest in bf16
         self.pure_half = not config.master_weights and config.precision != "fp32"
+        risk = nonfinite_update_risk(config)
+        if risk is not None:
+            warnings.warn(risk, UserWarning, stacklevel=3)
+        self.check_weights = risk is not None  # then a step that makes the weights NaN is reported
+        self.fp8 = fp8_for_engine(model, config)  # None unless precision="fp8"; before the masters are taken
         master_dtype = self.dtype if self.pure_half else mx.float32
         self._model = model
         self._model.train()
@@ -181,7 +201,7 @@ class MLXEngine(Engine):
         # the CPU, mx.compile builds its fused kernels with a C++ compiler on first use (tens of
         # seconds per new graph; cached under $TMPDIR/mlx) for a modest per-step gain.
         if compile is None:
-            compile = zoo and loss_fn is None and self.device == "gpu"
+            compile = zoo and loss_fn is None and self.device == "gpu" and self.fp8 is None
         self.compiled = compile
 
     # --- construction -----------------------------------------------------------------------
@@ -204,6 +224,8 @@ class MLXEngine(Engine):
 
     @compiled.setter
     def compiled(self, on: bool) -> None:
+        if on and self.fp8 is not None:
+            raise ValueError("an fp8 step cannot be mx.compile-d (each cast reads its amax on the host); compile=False")
         self._compiled = bool(on)
         self._grads, self._apply, self._fused = self._grad_graph, self._apply_graph, self._fused_graph
         if self._compiled:
@@ -317,6 +339,8 @@ class MLXEngine(Engine):
         t0 = time.perf_counter()
         self._stale = True
         clipped = False
+        if self.fp8 is not None:
+            self.fp8.begin_step()  # this step's casts feed the fp8 recipe (a probe's do not)
         with mx.stream(self._device):
             if self.config.clip is None:
                 loss, norm, found_t = self._fused(xt, yt, scale_t, inv_t)
@@ -331,11 +355,14 @@ class MLXEngine(Engine):
         seconds = time.perf_counter() - t0
         found = bool(found_t.item())
         self.scaler.update(found)
+        # Pure fp16 Adam: finite gradients, NaN weights (see nonfinite_update_risk); one sum says so.
+        weights_bad = self.check_weights and not _all_finite(self._master["params"])
         return {
+            **({} if self.fp8 is None else {"fp8": self.fp8.end_step()}),  # per-tensor amax, scale, counts
             "loss": loss.item(),
             "scale": scale,
             "grad_norm": norm.item(),
-            "found_inf": found,
+            "found_inf": found or weights_bad,
             "skipped": found and self.scaler.skips_nonfinite,
             "seconds": seconds,
             "clipped": bool(clipped),
@@ -367,6 +394,7 @@ class MLXEngine(Engine):
             "optimizer": _to_numpy(self.optimizer.state),
             "buffers": {k: array_to_numpy(v) for k, v in self._buffers()},  # BatchNorm running stats
             "scaler": self.scaler.state_dict(),
+            **({} if self.fp8 is None else {"fp8": self.fp8.recipe.state_dict()}),
         }
 
     def _load_framework_state(self, state: dict[str, Any]) -> None:
@@ -381,7 +409,16 @@ class MLXEngine(Engine):
         master = _from_numpy(state["master"], self._master["params"], "master weights")
         opt = _from_numpy(state["optimizer"], self.optimizer.state, "optimizer state")
         buffers = _from_numpy(state["buffers"], tree_unflatten(self._buffers()), "buffers") if self._buffers() else None
+        # A state without fp8 recipe state (saved in another precision: a precision switch)
+        # starts the recipe afresh; an fp8 one is checked before anything changes.
+        fp8_state = state.get("fp8") if self.fp8 is not None else None
+        if self.fp8 is not None and fp8_state is not None:
+            self.fp8.recipe.clone().load_state_dict(fp8_state)
         self.scaler.load_state_dict(scaler)
+        if self.fp8 is not None:
+            self.fp8.recipe = self.fp8.recipe.clone()  # fresh, then the saved state where there is one
+            if fp8_state is not None:
+                self.fp8.recipe.load_state_dict(fp8_state)
         # In place, so the containers a compiled step captured stay the ones it reads.
         self._master["params"] = master
         self.optimizer.state.update(opt)
@@ -389,6 +426,12 @@ class MLXEngine(Engine):
             self._model.update(buffers)
         self._stale = True
         mx.eval(self._master, self.optimizer.state, self._model.parameters())
+
+
+def _all_finite(tree: Any) -> bool:
+    """True when no leaf of ``tree`` holds inf or nan (one fp32 sum, one host sync)."""
+    sums = [p.astype(mx.float32).sum() for _, p in tree_flatten(tree)]
+    return bool(mx.isfinite(mx.stack(sums).sum()).item()) if sums else True
 
 
 def array_to_numpy(a: mx.array) -> np.ndarray:

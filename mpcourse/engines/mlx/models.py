@@ -224,4 +224,5 @@ def _torch_value(name: str, state: Mapping[str, Any]) -> np.ndarray:
     missing = [n for n in names if n not in state]
     if missing:
         raise ValueError(f"torch state has no {missing[0]!r} (needed for MLX parameter {name!r})")
-    return sum(_to_numpy(state[n]) for n in names)  # the two LSTM biases add up to MLX's one
+    arrays = [_to_numpy(state[n]) for n in names]
+    return arrays[0] if len(arrays) == 1 else arrays[0] + arrays[1]  # the two LSTM biases add up to MLX's one

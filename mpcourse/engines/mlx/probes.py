@@ -100,7 +100,7 @@ class _Log:
     def call(self, name: str, inner: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         k = len(self.calls)
         parent = self.stack[-1] if self.stack else None
-        rec = _Call(name, inner, parent)  # type: ignore[arg-type]
+        rec = _Call(name, inner, parent)
         self.calls.append(rec)
         if parent is not None:
             self.calls[parent].children.append(k)
@@ -243,7 +243,7 @@ def find_first_nonfinite(
     loss_fn: Any,
 ) -> NonFiniteReport:
     s = _setup(target, precision, scale, loss_fn)
-    dtype = DTYPES[s.precision]
+    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
     model = s.model
     xt = mx.array(x).astype(dtype)
     yt = mx.array(y.astype(np.int32)) if y is not None else None
@@ -351,7 +351,7 @@ def underflow_fractions(
     target: Any, x: np.ndarray, y: np.ndarray, *, scale: float | None, precision: str | None, loss_fn: Any, fmt: str
 ) -> LayerTable:
     s = _setup(target, precision, scale, loss_fn)
-    dtype = DTYPES[s.precision]
+    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
     model = s.model
     xt, yt = mx.array(x).astype(dtype), mx.array(y.astype(np.int32))
     types = _module_types(model)
@@ -377,7 +377,7 @@ def underflow_fractions(
 
 def activation_ranges(target: Any, x: np.ndarray, *, precision: str, fmt: str) -> LayerTable:
     s = _setup(target, precision, None, None)
-    dtype = DTYPES[s.precision]
+    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
     model = s.model
     rows: dict[str, dict[str, Any]] = {}
     with _restored(model):

@@ -48,6 +48,7 @@ __all__ = [
     "versions",
     "saved_tensor_bytes",
     "param_count",
+    "fp8_matmul",
 ]
 
 
@@ -85,6 +86,13 @@ def precision_unsupported(device: str, precision: str) -> str | None:
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         return f"{torch.cuda.get_device_name(dev)} has no bf16 support"
     return None
+
+
+def fp8_matmul(device: str) -> str:
+    """``"native"`` where ``torch._scaled_mm`` is an FP8 tensor-core GEMM (CUDA, sm_89+), else ``"emulated"``."""
+    from mpcourse.engines.torch.fp8 import scaled_mm_native
+
+    return "native" if scaled_mm_native(torch.device(device)) else "emulated"
 
 
 @contextlib.contextmanager
@@ -198,6 +206,8 @@ def matmul_tflops(device: str, precision: str, m: int, n: int, k: int, repeats: 
     reported: this is a ceiling.
     """
     dev = torch.device(device)
+    if precision == "fp8":
+        return _scaled_mm_tflops(dev, m, n, k, repeats)
     dtype = DTYPES["fp32" if precision == "tf32" else precision]
     with precision_context(device, precision):
         a = torch.randn(m, k, device=dev).to(dtype)
@@ -210,6 +220,23 @@ def matmul_tflops(device: str, precision: str, m: int, n: int, k: int, repeats: 
             a @ w.t()
             sync(dev)
             times.append(time.perf_counter() - t0)
+    return 2.0 * m * n * k / min(times) / 1e12
+
+
+def _scaled_mm_tflops(dev: torch.device, m: int, n: int, k: int, repeats: int) -> float:
+    """TFLOP/s of ``torch._scaled_mm`` on e4m3 operands with per-tensor scales, bf16 out (best of repeats)."""
+    a = torch.randn(m, k, device=dev).to(torch.float8_e4m3fn)
+    w = torch.randn(n, k, device=dev).to(torch.float8_e4m3fn)
+    one = torch.tensor(1.0, device=dev)
+    mm = lambda: torch._scaled_mm(a, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+    mm()
+    sync(dev)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
     return 2.0 * m * n * k / min(times) / 1e12
 
 

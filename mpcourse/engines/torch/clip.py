@@ -45,7 +45,7 @@ def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
 def _clip_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> bool:
     # torch's own rule (the same as clip_grad_norm_, without computing the norm again):
     # g *= min(1, max_norm / (norm + 1e-6)).
-    torch.nn.utils.clip_grads_with_norm_([_Holder(g) for g in grads], max_norm, norm)
+    torch.nn.utils.clip_grads_with_norm_([_Holder(g) for g in grads], max_norm, norm)  # type: ignore[misc]
     return float(norm) > max_norm  # one host sync
 
 

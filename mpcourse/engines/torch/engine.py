@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,9 +49,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import DeviceUnavailableError, Engine
+from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
+from mpcourse.engines.pinning import DEVICE_ENV, pinned_device
+from mpcourse.engines.torch.fp8 import fp8_for_engine
 from mpcourse.engines.torch.models import build_model
 from mpcourse.engines.torch.scaling import TorchScaling, make_scaling, total_norm
+from mpcourse.engines.torch.support import precision_problem
 
 __all__ = [
     "TorchEngine",
@@ -78,9 +82,18 @@ def torch_devices() -> list[str]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the best device; an explicit one must exist (no silent fallback)."""
+    """``"auto"`` -> the best device, or the one ``MPCOURSE_DEVICE`` pins; an explicit one must exist."""
     if device == "auto":
-        return torch.device(torch_devices()[0])
+        pinned = pinned_device("torch")
+        if pinned is None:
+            return torch.device(torch_devices()[0])
+        gpus = [d for d in torch_devices() if d != "cpu"]
+        if pinned == "gpu" and not gpus:
+            raise DeviceUnavailableError(f"{DEVICE_ENV}=gpu pins device='auto' to a GPU, but torch sees none here")
+        try:
+            return resolve_device(gpus[0] if pinned == "gpu" else pinned)
+        except DeviceUnavailableError as err:
+            raise DeviceUnavailableError(f"{DEVICE_ENV} pins device='auto' to {pinned!r}: {err}") from err
     try:
         dev = torch.device(device)
     except RuntimeError as err:
@@ -143,6 +156,7 @@ class TorchEngine(Engine):
     """Training on cuda, mps or cpu; build it with :func:`mpcourse.make_engine`."""
 
     backend = "torch"
+    framework_keys = ("model", "optimizer", "scaler")
 
     def __init__(
         self,
@@ -158,6 +172,9 @@ class TorchEngine(Engine):
         self.config = config
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type if self.torch_device.index is None else str(self.torch_device)
+        problem = precision_problem(self.device, config.precision)  # what this torch cannot do there
+        if problem:
+            raise DeviceUnavailableError(f"{config.precision} on {self.device}: {problem}")
         if isinstance(model, str):
             self.model_name = model if size == "small" else f"{model}:{size}"
             model = build_model(model, size, num_features, num_classes, seed=config.seed)
@@ -170,9 +187,14 @@ class TorchEngine(Engine):
         self.loss_fn = loss_fn or default_loss
         if not callable(self.loss_fn):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
-        self.dtype = DTYPES[config.precision]
+        self.dtype = DTYPES["bf16" if config.precision == "fp8" else config.precision]  # fp8: the rest in bf16
         self.pure_half = not config.master_weights and config.precision != "fp32"
+        risk = nonfinite_update_risk(config)
+        if risk is not None:
+            warnings.warn(risk, UserWarning, stacklevel=3)
+        self.check_weights = risk is not None  # then a step that makes the weights NaN is reported
         self.model = model.to(self.torch_device, dtype=self.dtype if self.pure_half else None)
+        self.fp8 = fp8_for_engine(self.model, config)  # None unless precision="fp8"
         self.model.train()
         self.optimizer = self._make_optimizer()
         # One scaling object in every precision (a no-op one for fp32/bf16/"none"): one step path.
@@ -232,6 +254,8 @@ class TorchEngine(Engine):
         sync(self.torch_device)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.fp8 is not None:
+            self.fp8.begin_step()  # this step's casts feed the fp8 recipe (a probe's do not)
         loss = self.forward_loss(xt, yt)
         scale_t, found_t, norm_t, clipped = self.backward_and_step(loss)
         # One device->host transfer for everything the record needs.
@@ -240,12 +264,17 @@ class TorchEngine(Engine):
         ).tolist()
         found = bool(found_v)
         self.scaling.update(found)
+        # Pure fp16 Adam: finite gradients, NaN weights (see nonfinite_update_risk); one sum says so.
+        weights_bad = self.check_weights and not bool(
+            torch.stack([p.float().sum() for p in self.model.parameters()]).sum().isfinite()
+        )
         sync(self.torch_device)
         return {
+            **({} if self.fp8 is None else {"fp8": self.fp8.end_step()}),  # per-tensor amax, scale, counts
             "loss": loss_v,
             "scale": scale_v,
             "grad_norm": norm_v,
-            "found_inf": found,
+            "found_inf": found or weights_bad,
             "skipped": found and self.scaling.skips_nonfinite,
             "seconds": time.perf_counter() - t0,
             "clipped": clipped,
@@ -284,7 +313,8 @@ class TorchEngine(Engine):
         # Clones on the CPU: the returned dict is a snapshot that later steps do not change.
         model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         optim = copy.deepcopy(_to_cpu(self.optimizer.state_dict()))
-        return {"model": model, "optimizer": optim, "scaler": self.scaling.state_dict()}
+        out = {"model": model, "optimizer": optim, "scaler": self.scaling.state_dict()}
+        return out if self.fp8 is None else {**out, "fp8": self.fp8.recipe.state_dict()}
 
     def _load_framework_state(self, state: dict[str, Any]) -> None:
         scaler = dict(state["scaler"])
@@ -294,9 +324,18 @@ class TorchEngine(Engine):
                 f"state_dict has a {kind!r} loss scaler but this engine uses {mine!r}; "
                 f"build the engine with the same TrainConfig"
             )
+        # A state without fp8 recipe state (saved in another precision: a precision switch)
+        # starts the recipe afresh; an fp8 one is checked before anything changes.
+        fp8_state = state.get("fp8") if self.fp8 is not None else None
+        if self.fp8 is not None and fp8_state is not None:
+            self.fp8.recipe.clone().load_state_dict(fp8_state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaling.load_state_dict(scaler)
+        if self.fp8 is not None:
+            self.fp8.recipe = self.fp8.recipe.clone()  # fresh, then the saved state where there is one
+            if fp8_state is not None:
+                self.fp8.recipe.load_state_dict(fp8_state)
 
 
 def _to_cpu(obj: Any) -> Any:

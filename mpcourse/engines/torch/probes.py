@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpcourse.engines.base import Engine
 from mpcourse.engines.reports import LayerFault, LayerTable, NonFiniteReport
-from mpcourse.engines.torch.engine import DTYPES, default_loss
+from mpcourse.engines.torch.engine import DTYPES, TorchEngine, default_loss
 from mpcourse.numerics import range_stats, underflow_stats
 
 __all__ = ["find_first_nonfinite", "underflow_fractions", "activation_ranges"]
@@ -46,7 +45,7 @@ class _Setup:
 
 
 def _setup(target: Any, precision: str | None, scale: float | None, loss_fn: Any) -> _Setup:
-    if isinstance(target, Engine):
+    if isinstance(target, TorchEngine):
         model, device = target.model, target.torch_device
         precision = precision or target.config.precision
         loss_fn = loss_fn or target.loss_fn
@@ -65,7 +64,8 @@ def _setup(target: Any, precision: str | None, scale: float | None, loss_fn: Any
 
 
 def _ctx(s: _Setup) -> Any:
-    return torch.autocast(s.device.type, dtype=DTYPES[s.precision], enabled=s.autocast)
+    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
+    return torch.autocast(s.device.type, dtype=dtype, enabled=s.autocast)
 
 
 @contextlib.contextmanager
@@ -286,6 +286,7 @@ def underflow_fractions(
         for pn, p in m.named_parameters(recurse=False)
         if p.requires_grad
     ]
+    assert yt is not None  # underflow_fractions always has labels (checked by mpcourse.debug)
     with _untouched(s.model):
         with _ctx(s):
             out = s.model(xt)

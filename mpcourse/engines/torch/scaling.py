@@ -25,10 +25,12 @@ from typing import Any, Protocol
 
 import torch
 
+from mpcourse._validate import positive_finite
 from mpcourse.config import TrainConfig
-from mpcourse.scaler import LossScaler
+from mpcourse.engines.torch.support import grad_scaler_works
+from mpcourse.scaler import LossScaler, state_int, state_scale
 
-__all__ = ["TorchScaling", "GradScalerScaling", "OwnScaling", "make_scaling", "total_norm"]
+__all__ = ["TorchScaling", "GradScalerScaling", "OwnScaling", "make_scaling", "total_norm", "check_grad_scaler_state"]
 
 
 def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -91,7 +93,9 @@ class GradScalerScaling:
         return float(self.grad_scaler.get_scale())
 
     def scale_tensor(self) -> torch.Tensor:
-        return self.grad_scaler._scale.detach().clone()  # no host sync (see the class docstring)
+        scale = self.grad_scaler._scale  # no host sync (see the class docstring)
+        assert scale is not None, "GradScaler makes its scale tensor on the first scale() call"
+        return scale.detach().clone()
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return self.grad_scaler.scale(loss)
@@ -116,7 +120,41 @@ class GradScalerScaling:
         return {"kind": self.kind, **self.grad_scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load GradScaler's state, checked first as mpcourse's scalers check theirs.
+
+        GradScaler itself accepts any number (a NaN, 0 or inf scale skips every step for good; a
+        negative one trains with a negative scale); a refused state leaves the scaler as it was.
+        """
+        if not self.grad_scaler.is_enabled():  # torch disabled it on this device: its state is empty
+            if not isinstance(state, dict) or set(state) - {"kind"}:
+                raise ValueError(f"this GradScaler is disabled and keeps no state; got {state!r}")
+            return
+        check_grad_scaler_state(state)
         self.grad_scaler.load_state_dict({k: v for k, v in state.items() if k != "kind"})
+
+
+_GRAD_SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
+
+def check_grad_scaler_state(state: Any) -> None:
+    """A ValueError/TypeError naming the bad key of a GradScaler state dict (``kind`` optional)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+    if state.get("kind", GradScalerScaling.kind) != GradScalerScaling.kind:
+        raise ValueError(f"this state_dict is for a {state.get('kind')!r} scaler, not a 'grad_scaler' one")
+    missing = sorted(set(_GRAD_SCALER_KEYS) - set(state))
+    if missing:
+        raise ValueError(f"scaler state_dict is missing keys {missing}")
+    unknown = sorted(map(str, set(state) - set(_GRAD_SCALER_KEYS) - {"kind"}))
+    if unknown:
+        raise ValueError(f"scaler state_dict has unknown keys {unknown} (GradScaler has {sorted(_GRAD_SCALER_KEYS)})")
+    state_scale("scale", state["scale"])
+    if positive_finite("growth_factor", state["growth_factor"]) <= 1.0:
+        raise ValueError(f"growth_factor must be > 1, got {state['growth_factor']!r}")
+    if positive_finite("backoff_factor", state["backoff_factor"]) >= 1.0:
+        raise ValueError(f"backoff_factor must be in (0, 1), got {state['backoff_factor']!r}")
+    interval = state_int("growth_interval", state["growth_interval"], 1)
+    state_int("_growth_tracker", state["_growth_tracker"], 0, interval - 1)
 
 
 class OwnScaling:
@@ -179,6 +217,7 @@ def make_scaling(config: TrainConfig, device: torch.device, pure_half: bool) -> 
         and config.min_scale is None
         and config.max_scale is None
         and not pure_half
+        and grad_scaler_works(device.type)  # GradScaler("mps") fails before torch 2.8
     ):
         return GradScalerScaling(device.type, config)
     return OwnScaling(config.make_scaler(), device)
