@@ -470,3 +470,11 @@ def test_the_slower_note_reads_the_cpu_flags() -> None:
     assert "no bf16/fp16 instructions" in _cpu_note([])
     assert "has avx512_bf16" in _cpu_note(["avx512_bf16"])
     assert "cannot be read" in _cpu_note(None)
+
+
+def test_a_width_sweep_builds_its_models_and_measures() -> None:
+    # Rows with a width build the model themselves (the engines' model module): every one must
+    # run, or notebook 03's width sweep plots nothing.
+    rows = bench.run_grid(bench.BenchGrid(**{**TINY, "models": ("mlp",), "widths": (32, 64)}), progress=False)
+    assert [(r["width"], r["status"]) for r in rows if r["precision"] == "fp32"] == [(32, "ok"), (64, "ok")]
+    assert all(r["status"] == "ok" and r["speedup_vs_fp32"] > 0 for r in rows)
