@@ -382,3 +382,99 @@ def test_mlx_rows_when_mlx_is_here() -> None:
     assert rows[0]["versions"]["mlx"] and rows[1]["speedup_vs_fp32"] > 0
     with pytest.raises(ValueError, match="unknown MLX device 'cuda:0'"):
         bench.plan(bench.BenchGrid(**{**TINY, "backends": ("mlx",), "devices": ("cuda:0",)}))
+
+
+def _timed(precision: str, median: float, p10: float, p90: float, **extra: object) -> dict:
+    row = {
+        "kind": "mpcourse-bench",
+        "status": "ok",
+        "run_id": "r1",
+        "backend": "torch",
+        "device": "cuda:0",
+        "model": "mlp",
+        "size": "small",
+        "width": None,
+        "batch": 64,
+        "precision": precision,
+        "label": f"torch:cuda mlp b64 {precision}",
+        "step_time_s": median,
+        "step_time_p10_s": p10,
+        "step_time_p90_s": p90,
+        "hardware": {"device_type": "cuda", "name": "Test GPU"},
+        "host": {"cpu_count": 8},
+        "versions": {"torch": "9.9"},
+        "measured_at": "2026-01-02T03:04:05+00:00",
+    }
+    return {**row, **extra}
+
+
+def test_speedup_spread_pairs_the_extremes_of_both_rows() -> None:
+    rows = [_timed("fp32", 0.02, 0.018, 0.024), _timed("fp16", 0.01, 0.009, 0.012)]
+    lo, hi = bench.speedup_spread(rows[1], rows)
+    assert lo == pytest.approx(0.018 / 0.012) and hi == pytest.approx(0.024 / 0.009)
+    assert bench.speedup_spread(_timed("fp16", 0.01, 0.009, 0.012, batch=128), rows) is None  # no fp32 of that case
+    no_pct = {k: v for k, v in rows[1].items() if k != "step_time_p10_s"}
+    assert bench.speedup_spread(no_pct, rows) is None
+
+
+def test_format_speedup() -> None:
+    assert bench.format_speedup(0.16, (0.12, 0.21)) == "0.16x (p10-p90 0.12-0.21x)"
+    assert bench.format_speedup(2.0) == "2.00x"
+    with pytest.raises(ValueError, match="speedup must be a number >= 0"):
+        bench.format_speedup(float("nan"))
+    with pytest.raises(ValueError, match="low <= high"):
+        bench.format_speedup(1.0, (2.0, 1.0))
+
+
+def test_format_table_shows_the_spread_next_to_each_speedup() -> None:
+    rows = [
+        _timed(
+            p,
+            t,
+            t * 0.9,
+            t * 1.2,
+            samples_per_s=1.0,
+            peak_memory_bytes=None,
+            memory_kind="device",
+            speedup_vs_fp32=0.02 / t,
+        )
+        for p, t in (("fp32", 0.02), ("fp16", 0.01))
+    ]
+    fp32_line, fp16_line = bench.format_table(rows).splitlines()[2:]
+    assert "1.00x" in fp32_line and "p10-p90" not in fp32_line  # no spread against itself
+    assert bench.format_speedup(2.0, bench.speedup_spread(rows[1], rows)) in fp16_line
+
+
+def test_recorded_speedup_names_the_hardware_or_says_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [
+        _timed("fp32", 0.02, 0.018, 0.024, speedup_vs_fp32=1.0),
+        _timed("fp16", 0.01, 0.009, 0.012, speedup_vs_fp32=2.0),
+    ]
+    bench.write_results(rows, tmp_path / "r1.jsonl")
+    found = bench.recorded_speedup(device="cuda", path=tmp_path)
+    out = capsys.readouterr().out
+    assert [f["label"] for f in found] == ["torch:cuda mlp b64 fp16"] and found[0]["speedup"] == 2.0
+    assert found[0]["spread"] == pytest.approx((0.018 / 0.012, 0.024 / 0.009))
+    assert "2.00x (p10-p90 1.50-2.67x)" in out and "Test GPU" in out and "2026-01-02" in out and "r1.jsonl" in out
+    assert bench.recorded_speedup(device="mps", path=tmp_path) == []
+    assert "no recorded result for device='mps'" in capsys.readouterr().out
+    assert bench.recorded_speedup(device="cuda", path=tmp_path / "absent", show=False) == []
+    assert capsys.readouterr().out == ""
+    shipped = bench.recorded_speedup(show=False)  # the course's own files: every row names its hardware
+    assert all(f["measured"] and f["source"].endswith(".jsonl") for f in shipped)
+
+
+def test_the_slower_note_reads_the_cpu_flags() -> None:
+    from mpcourse.bench.cli import _cpu_note
+
+    assert "no bf16/fp16 instructions" in _cpu_note([])
+    assert "has avx512_bf16" in _cpu_note(["avx512_bf16"])
+    assert "cannot be read" in _cpu_note(None)
+
+
+def test_a_width_sweep_builds_its_models_and_measures() -> None:
+    # Rows with a width build the model themselves (the engines' model module): every one must
+    # run, or notebook 03's width sweep plots nothing.
+    rows = bench.run_grid(bench.BenchGrid(**{**TINY, "models": ("mlp",), "widths": (32, 64)}), progress=False)
+    assert [(r["width"], r["status"]) for r in rows if r["precision"] == "fp32"] == [(32, "ok"), (64, "ok")]
+    assert all(r["status"] == "ok" and r["speedup_vs_fp32"] > 0 for r in rows)

@@ -457,3 +457,34 @@ def test_history_inspector(runs: dict[str, History]) -> None:
         widgets.HistoryInspector({"a": runs["fp32"]}, reference="b")
     with pytest.raises(TypeError):
         widgets.HistoryInspector({"a": History()})
+
+
+def test_no_speedup_on_a_cpu_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpcourse import hardware
+    from mpcourse.debug import symptoms
+
+    assert hardware.native_half_units(["avx2", "f16c", "avx512_bf16", "amx_fp16"], "x86") == [
+        "avx512_bf16",
+        "amx_fp16",
+    ]
+    assert hardware.native_half_units(["avx2", "f16c"], "x86") == []
+    assert hardware.native_half_units(["asimd", "fphp", "bf16"], "arm64") == ["fphp", "bf16"]
+    ref = _history([0.01] * 30, "fp32", device="cpu")
+    slow = _history([0.05] * 30, device="cpu")
+    for units, expected in (
+        ([], "no bf16/fp16 instructions"),
+        (["amx_bf16"], "has amx_bf16"),
+        (None, "cannot be read"),
+    ):
+        monkeypatch.setattr(symptoms.hardware, "native_half_units", lambda units=units: units)
+        fix = debug.diagnose(slow, reference=ref)[0].fix
+        assert expected in fix, (units, fix)
+
+
+def test_no_speedup_evidence_shows_the_spread() -> None:
+    ref = _history([0.02] * 15 + [0.03] * 15, "fp32")
+    slow = _history([0.04] * 15 + [0.05] * 15)
+    f = debug.diagnose(slow, reference=ref)[0]
+    lo, hi = f.values["speedup_p10"], f.values["speedup_p90"]
+    assert lo == pytest.approx((64 / 0.05) / (64 / 0.02)) and hi == pytest.approx((64 / 0.04) / (64 / 0.03))
+    assert f"p10-p90 range {lo:.2f}-{hi:.2f}x" in f.evidence

@@ -448,6 +448,13 @@ def test_validate_reports_measured_runs(backend: str, digits: mpc.data.Dataset, 
     assert rep.accuracy_diff == pytest.approx(100 * (rep.mixed_accuracy - rep.fp32_accuracy))
     assert rep.overflow_rate == rep.mixed_history.overflow_rate and rep.speedup > 0
     assert rep.passed == all(c.passed for c in rep.checks)
+    lo, hi = rep.speedup_spread  # the p10-p90 range of the same step times the speedup comes from
+    a = [r.seconds / r.samples for r in rep.fp32_history.records[5:]]
+    b = [r.seconds / r.samples for r in rep.mixed_history.records[5:]]
+    assert lo == pytest.approx(np.percentile(a, 10) / np.percentile(b, 90)) and lo <= rep.speedup <= hi
+    assert rep.speedup_text == f"{rep.speedup:.2f}x (p10-p90 {lo:.2f}-{hi:.2f}x)"
+    p, n = rep.fp32_accuracy, len(digits.y_test)
+    assert rep.accuracy_stderr_points == pytest.approx(100 * np.sqrt(p * (1 - p) / n))
     bad = prod.validate(storm, backend=backend, precision="fp16", epochs=1, device="cpu")
     assert bad.overflow_rate == 1.0 and not bad.passed
     assert [r["result"] for r in bad.table()][1] == "FAIL"
@@ -517,3 +524,92 @@ def test_switch_precision_keeps_a_users_own_model(digits: mpc.data.Dataset) -> N
     pure = _engine("torch", digits, precision="bf16", master_weights=False)
     with pytest.raises(ValueError, match="needs fp32 master weights"):
         prod.switch_precision(pure, "fp32")
+
+
+def test_monitor_overflow_alert_fires_once_per_crossing_and_rearms() -> None:
+    mon = Monitor(window=4, memory=False, max_overflow_rate=0.25)
+    pattern = [False, False, False, True, True, False, False, False, False, True, True, True]
+    for i, inf in enumerate(pattern):
+        mon.update(_rec(i, inf))
+    # window 4: the rate passes 1/4 at step 4 (steps 1..4 hold two overflows), falls back to
+    # 0 by step 8 (re-armed), passes again at step 10 (steps 7..10: two overflows).
+    assert [(a["step"], a["kind"], a["window"]) for a in mon.alerts] == [
+        (4, "overflow_rate", (1, 4)),
+        (10, "overflow_rate", (7, 10)),
+    ]
+    assert mon.alerts[0]["value"] == 0.5 and mon.alerts[0]["threshold"] == 0.25
+    assert mon.summary()["alerts"] == 2 and "2 alert(s)" in repr(mon)
+    assert Monitor(window=4, memory=False).alerts == []  # no threshold, no overflow alert
+
+
+def test_monitor_nan_alert_and_warnings() -> None:
+    mon = Monitor(window=2, memory=False, warn=True)
+    bad = dataclasses.replace(_rec(1, True), loss=float("nan"))
+    mon.update(_rec(0, False))
+    with pytest.warns(UserWarning, match="mpcourse monitor: nan"):
+        mon.update(bad)
+    mon.update(dataclasses.replace(bad, step=2))
+    assert [(a["step"], a["kind"]) for a in mon.alerts] == [(1, "nan")]  # the first one only
+    for bad_rate in (1.0, -0.1, True, "5%"):
+        with pytest.raises(ValueError, match="max_overflow_rate must be None or a number"):
+            Monitor(max_overflow_rate=bad_rate)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_long_run_grows_to_the_clamp_and_stays(digits: mpc.data.Dataset) -> None:
+    from mpcourse.production import long_run
+
+    cfg = long_run.rust_report_config()
+    assert (cfg.precision, cfg.init_scale, cfg.growth_interval, cfg.min_scale, cfg.max_scale) == (
+        "fp16", 65536.0, 2000, 1.0, 262144.0)  # fmt: skip
+    # The same rule at a scale a unit test can run: growth every 5 steps, clamp 4x the start.
+    small = long_run.rust_report_config(growth_interval=5, max_scale=4 * 65536.0)
+    run = long_run.run(digits, small, steps=20, window=5)
+    assert run.milestones() == [(0, 65536.0), (5, 131072.0), (10, 262144.0)]
+    assert run.clamp_reached_at == 10 and max(run.history.scales) == 262144.0  # never past the clamp
+    s = run.summary()
+    assert s["steps"] == 20 and s["skipped_steps"] == 0 and s["alerts"] == [] and 0 <= s["accuracy"] <= 1
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        long_run.run(digits, small, steps=0)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_checklist_checks_what_code_can_and_marks_the_rest(digits: mpc.data.Dataset) -> None:
+    from mpcourse.production.checklist import checklist, format_checklist
+
+    eng = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp16"), device="cpu", data=digits, verbose=False)
+    items = {i.item: i for i in checklist(eng.fit(digits, steps=5, progress=False))}
+    assert items["fp16 runs with a loss scaler"].status == "pass"
+    assert items["fp32 master weights"].status == "pass"
+    assert items["validated against fp32"].status == "yours"
+    assert items["the checkpoint holds the scaler state"].status == "yours"
+    bad = mpc.make_engine("torch", "mlp", mpc.TrainConfig(precision="fp16", loss_scale="none"), device="cpu",
+                          data=digits, verbose=False).fit(digits, steps=3, progress=False)  # fmt: skip
+    storm = mpc.History(records=[_rec(i, True) for i in range(4)], meta=dict(bad.meta))
+    by = {i.item: i for i in checklist(storm)}
+    assert by["fp16 runs with a loss scaler"].status == "fail" and by["overflow rate below 5%"].status == "fail"
+    text = format_checklist(checklist(storm))
+    assert text.count("[ ]") == 2 and "[?]" in text and "100.0% of 4 steps" in text
+    with pytest.raises(ValueError, match="at least one step"):
+        checklist(mpc.History())
+    with pytest.raises(TypeError, match="mpcourse History"):
+        checklist([1, 2])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_fallback_goes_all_the_way_to_fp32_in_real_runs(digits: mpc.data.Dataset) -> None:
+    # Inputs near fp32's own limit overflow in every precision: the chain runs to its end
+    # (fp16 -> bf16 -> fp32), one recorded event per switch. A fallback is not a cure.
+    huge = dataclasses.replace(digits, x_train=digits.x_train * 1e38, x_test=digits.x_test * 1e38)
+    pol = prod.FallbackPolicy(window=5, max_overflow_rate=0.5)
+    tr = prod.Trainer("torch", "mlp", mpc.TrainConfig(precision="fp16"), huge, device="cpu", fallback=pol)
+    h = tr.fit(steps=15)
+    assert [(e["step"], e["from"], e["to"]) for e in h.events] == [(5, "fp16", "bf16"), (10, "bf16", "fp32")]
+    assert tr.engine.config.precision == "fp32"
+    # Features in raw units (1e5) overflow only fp16: a chain straight to fp32 fixes them.
+    raw = dataclasses.replace(digits, x_train=digits.x_train * 1e5, x_test=digits.x_test * 1e5)
+    pol32 = prod.FallbackPolicy(window=5, max_overflow_rate=0.5, chain=("fp16", "fp32"))
+    tr32 = prod.Trainer("torch", "mlp", mpc.TrainConfig(precision="fp16"), raw, device="cpu", fallback=pol32)
+    h32 = tr32.fit(steps=12)
+    assert [(e["from"], e["to"]) for e in h32.events] == [("fp16", "fp32")]
+    assert not any(r.skipped for r in h32.records[h32.events[0]["step"] :])

@@ -75,6 +75,13 @@ def test_build_offline_every_notebook_page_has_plotly_figures(
         assert "cdn.plot.ly" not in text and "unpkg.com" not in text and "cdnjs" not in text
     assert (out / "assets" / "plotly.min.js").stat().st_size > 1_000_000
     assert {"index.html", "syllabus.html", "exercises.html"} <= set(report.pages)
+    for slug, _ in site.PAGES:  # every course page the repository has is built, the glossary included
+        assert ((root / "course" / f"{slug}.md").is_file()) == (f"{slug}.html" in report.pages), slug
+    if root == REPO:
+        assert "glossary.html" in report.pages
+        glossary = (out / "glossary.html").read_text(encoding="utf-8")
+        assert "Hysteresis" in glossary and "ulp" in glossary
+        assert 'href="../glossary.html"' in (out / "notebooks" / "01_fundamentals.html").read_text(encoding="utf-8")
     assert report.figures >= len(notebooks)
 
 

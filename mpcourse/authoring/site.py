@@ -62,7 +62,12 @@ WIDGET_NOTE = (
     "kernel, so this static page cannot show it. Run the notebook to use it: "
     "<code>mpcourse lab</code> locally, or the Binder link on the home page.</div>"
 )
-PAGES = (("syllabus", "Syllabus"), ("instructor-guide", "Instructor guide"), ("exercises", "Exercises"))
+PAGES = (
+    ("syllabus", "Syllabus"),
+    ("instructor-guide", "Instructor guide"),
+    ("exercises", "Exercises"),
+    ("glossary", "Glossary"),
+)
 _MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
 # The loaders that plotly's "notebook_connected" renderer writes: the page loads plotly locally.
 _CDN_PLOTLY = re.compile(

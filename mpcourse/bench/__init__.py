@@ -10,6 +10,7 @@ Usage::
     print(bench.format_table(rows))        # configuration | samples/s | peak memory | step | speedup
     bench.write_results(rows, "course/results")          # JSON lines naming hardware and versions
     bench.load_results("course/results")                 # every recorded row, for the notebook
+    bench.recorded_speedup(device="cuda")                # recorded figure + hardware, or "no recorded result"
     bench.bench_main(["--preset", "default"])            # what ``mpcourse bench`` runs
 
 One module per step: ``grid`` (what to measure), ``run`` (measuring it), ``results`` (the
@@ -19,7 +20,16 @@ recorded files), ``cli`` (the command). Nothing here imports a framework:
 
 from mpcourse.bench.cli import bench_main, grid_from_args
 from mpcourse.bench.grid import PRECISIONS, PRESETS, SCHEMA, BenchGrid, Case, plan
-from mpcourse.bench.results import format_table, load_results, run_label, write_results
+from mpcourse.bench.results import (
+    RESULTS_DIR,
+    format_speedup,
+    format_table,
+    load_results,
+    recorded_speedup,
+    run_label,
+    speedup_spread,
+    write_results,
+)
 from mpcourse.bench.run import run_case, run_grid
 
 __all__ = [
@@ -35,6 +45,10 @@ __all__ = [
     "write_results",
     "load_results",
     "run_label",
+    "RESULTS_DIR",
+    "speedup_spread",
+    "format_speedup",
+    "recorded_speedup",
     "bench_main",
     "grid_from_args",
 ]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mpcourse import hardware
 from mpcourse.bench.grid import PRECISIONS, PRESETS, BenchGrid, plan
 from mpcourse.bench.results import format_table, write_results
 from mpcourse.bench.run import run_grid
@@ -100,6 +101,18 @@ def grid_from_args(ns: argparse.Namespace) -> BenchGrid:
     return BenchGrid(**values)
 
 
+def _cpu_note(units: list[str] | None) -> str:
+    """Why a half-precision case can be slower, from this CPU's flags (not assumed)."""
+    if units is None:
+        return "This CPU's flags cannot be read."
+    if not units:
+        return "This CPU has no bf16/fp16 instructions: its fp16/bf16 matmuls convert to fp32 and back."
+    return (
+        f"This CPU has {', '.join(units)}: only the formats those cover can run natively "
+        "(the others convert), and small cases are dominated by overhead."
+    )
+
+
 def bench_main(argv: list[str] | None = None) -> int:
     """``mpcourse bench``: parse, check everything, run the grid, print the table, save the rows.
 
@@ -138,8 +151,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     if slower:
         print(
             f"{len(slower)} configuration(s) ran SLOWER than fp32 here, e.g. {slower[0]['label']} "
-            f"({slower[0]['speedup_vs_fp32']:.2f}x). On CPUs without avx512_fp16/AMX, fp16/bf16 matmuls "
-            f"are converted or emulated; see notebook 03."
+            f"({slower[0]['speedup_vs_fp32']:.2f}x). {_cpu_note(hardware.native_half_units())} See notebook 03."
         )
     if rows and not ns.no_save:
         out = ns.out or ("course/results" if Path("course/results").is_dir() else ".")

@@ -7,6 +7,9 @@ Usage::
     path = bench.write_results(rows, "course/results")   # <date>-<cpu or gpu>.jsonl
     rows = bench.load_results("course/results")          # every recorded row, for the notebooks
     print(bench.format_table(rows))                      # configuration | samples/s | memory | speedup
+    bench.recorded_speedup(device="cuda")                # the recorded figure with its hardware,
+                                                         # or "no recorded result"
+    bench.format_speedup(0.16, (0.12, 0.21))             # '0.16x (p10-p90 0.12-0.21x)'
 """
 
 from __future__ import annotations
@@ -17,7 +20,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["slug", "format_table", "write_results", "load_results", "run_label"]
+__all__ = [
+    "RESULTS_DIR",
+    "slug",
+    "format_table",
+    "write_results",
+    "load_results",
+    "run_label",
+    "speedup_spread",
+    "format_speedup",
+    "recorded_speedup",
+]
+
+#: The recorded results shipped with the course (``course/results`` of the repository).
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "course" / "results"
 
 
 def slug(text: str) -> str:
@@ -56,7 +72,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['samples_per_s']:,.0f}",
                 mem_s,
                 f"{r['step_time_s'] * 1e3:.2f} ms",
-                "emulated" if emulated else "-" if sp is None else f"{sp:.2f}x",
+                "emulated"
+                if emulated
+                else "-"
+                if sp is None
+                else format_speedup(sp, None if r["precision"] == "fp32" else speedup_spread(r, rows)),
                 tf_s,
             )
             + (("-" if not sp32 else f"{sp32:.2f}x",) if tf32 else ())
@@ -115,3 +135,120 @@ def run_label(row: dict[str, Any]) -> str:
         f"{row['backend']}:{row['device']} on {name}, {fw} {row.get('versions', {}).get(fw, '?')}, "
         f"{row['measured_at'][:10]}"
     )
+
+
+def _case_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r.get("run_id"), r["backend"], r["device"], r["model"], r.get("size"), r.get("width"), r["batch"])
+
+
+def speedup_spread(row: dict[str, Any], rows: list[dict[str, Any]], ref: str = "fp32") -> tuple[float, float] | None:
+    """The p10-p90 range of ``row``'s speedup over the ``ref`` row of the same case in ``rows``.
+
+    Usage::
+
+        lo, hi = bench.speedup_spread(fp16_row, rows)   # e.g. (0.12, 0.21)
+
+    A speedup is a ratio of two median step times, each with its own spread; the range pairs
+    the extremes: ``ref p10 / row p90`` (the reference at its fastest, this row at its slowest)
+    up to ``ref p90 / row p10``. None where either row lacks the percentiles.
+    """
+    base = next(
+        (r for r in rows if r.get("status") == "ok" and r["precision"] == ref and _case_key(r) == _case_key(row)),
+        None,
+    )
+    if base is None:
+        return None
+    try:
+        lo = base["step_time_p10_s"] / row["step_time_p90_s"]
+        hi = base["step_time_p90_s"] / row["step_time_p10_s"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return (float(lo), float(hi))
+
+
+def format_speedup(speedup: float, spread: tuple[float, float] | None = None) -> str:
+    """A speedup with its p10-p90 range: ``format_speedup(0.16, (0.12, 0.21))`` ->
+    ``'0.16x (p10-p90 0.12-0.21x)'``; without a spread, ``'0.16x'``."""
+    if not isinstance(speedup, (int, float)) or speedup != speedup or speedup < 0:
+        raise ValueError(f"speedup must be a number >= 0, got {speedup!r}")
+    text = f"{speedup:.2f}x"
+    if spread is None:
+        return text
+    lo, hi = spread
+    if not lo <= hi:
+        raise ValueError(f"spread must be (low, high) with low <= high, got {spread!r}")
+    return f"{text} (p10-p90 {lo:.2f}-{hi:.2f}x)"
+
+
+def recorded_speedup(
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    model: str | None = None,
+    batch: int | None = None,
+    path: str | os.PathLike[str] | None = None,
+    show: bool = True,
+) -> list[dict[str, Any]]:
+    """The recorded speedups over fp32 that match, each with where and when it was measured.
+
+    Usage::
+
+        bench.recorded_speedup(device="cuda")        # prints "no recorded result ..." until a
+                                                     # GPU results file is committed
+        rows = bench.recorded_speedup(backend="mlx", precision="bf16", show=False)
+        rows[0]["speedup"], rows[0]["spread"], rows[0]["measured"]
+
+    Args:
+        backend, device, precision, model, batch: keep only rows with these values (``device``
+            matches by prefix, so ``"cuda"`` matches ``"cuda:0"``). Default None: any.
+        path: a results file or directory. Default :data:`RESULTS_DIR`.
+        show: print one line per result, or "no recorded result". Default True.
+
+    Returns:
+        One dict per matching non-fp32 row: ``label``, ``speedup``, ``spread`` (p10-p90 range
+        or None), ``measured`` (:func:`run_label`: hardware, framework version, date), ``source``
+        (the file). Empty when nothing matches.
+    """
+    where = Path(path) if path is not None else RESULTS_DIR
+    rows = load_results(where) if where.exists() else []
+    found = []
+    for r in rows:
+        if r["precision"] in ("fp32",) or r.get("speedup_vs_fp32") is None:
+            continue
+        if backend is not None and r["backend"] != backend:
+            continue
+        if device is not None and not str(r["device"]).startswith(device):
+            continue
+        if (precision, model, batch) != (None, None, None) and any(
+            want is not None and r[k] != want
+            for k, want in (("precision", precision), ("model", model), ("batch", batch))
+        ):
+            continue
+        found.append(
+            {
+                "label": r["label"],
+                "speedup": float(r["speedup_vs_fp32"]),
+                "spread": speedup_spread(r, rows),
+                "measured": run_label(r),
+                "source": r["source"],
+            }
+        )
+    if show:
+        if not found:
+            asked = ", ".join(
+                f"{k}={v!r}"
+                for k, v in (
+                    ("backend", backend),
+                    ("device", device),
+                    ("precision", precision),
+                    ("model", model),
+                    ("batch", batch),
+                )
+                if v is not None
+            )
+            print(f"no recorded result{' for ' + asked if asked else ''} in {where}")
+        for f in found:
+            sp = format_speedup(f["speedup"], f["spread"])
+            print(f"{f['label']}: {sp} over fp32 -- {f['measured']} ({f['source']})")
+    return found

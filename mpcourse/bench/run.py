@@ -47,7 +47,7 @@ __all__ = ["add_speedups", "run_case", "run_grid"]
 def _build(case: Case, grid: BenchGrid, config: Any) -> Any:
     model: Any = case.model
     if case.width is not None:
-        models = importlib.import_module(f"mpcourse.engines.{case.backend}_models")
+        models = importlib.import_module(f"mpcourse.engines.{case.backend}.models")
 
         depth = len(SPECS[case.model][case.size]["hidden"])
         model = models.build_model(

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse import hardware
 from mpcourse.debug.findings import KINDS, Diagnosis, Finding, Thresholds, check_value
 from mpcourse.history import History
 
@@ -306,6 +307,43 @@ def _throughput(h: History, warmup: int) -> float:
     return float(np.median(samples[ok] / sec[ok])) if ok.any() else float("nan")
 
 
+def _speedup_spread(h: History, ref: History, warmup: int) -> tuple[float, float]:
+    """p10-p90 range of a speedup: this run's slowest steps against the reference's fastest, and back."""
+
+    def rates(x: History) -> np.ndarray:
+        sec, samples = x.column("seconds").astype(float)[warmup:], x.column("samples").astype(float)[warmup:]
+        return samples[sec > 0] / sec[sec > 0]
+
+    mine, theirs = rates(h), rates(ref)
+    return (
+        float(np.percentile(mine, 10) / np.percentile(theirs, 90)),
+        float(np.percentile(mine, 90) / np.percentile(theirs, 10)),
+    )
+
+
+def _cpu_speed_fix(units: list[str] | None) -> str:
+    """What a missing speedup on a CPU means, from the flags of the CPU this runs on."""
+    if units is None:
+        return (
+            "this CPU's flags cannot be read, so whether it multiplies in fp16/bf16 is unknown; without "
+            "bf16/fp16 instructions the casts cost time and nothing is gained. Measure fp32 against "
+            "bf16 and fp16 here (mpcourse bench) before choosing"
+        )
+    if not units:
+        return (
+            "expected on this CPU: it has no bf16/fp16 instructions (x86: none of "
+            + ", ".join(hardware.NATIVE_HALF_FLAGS)
+            + "), so a half-precision matmul is a conversion plus fp32 work and the casts cost time; measure the "
+            "speedup where you will train (a GPU with tensor cores), and use mixed precision on this "
+            "CPU only to save memory"
+        )
+    return (
+        "this CPU has " + ", ".join(units) + ", so it can multiply in half precision: check that the "
+        "precision you chose is the one it supports (bf16 for avx512_bf16/amx_bf16), grow the batch and "
+        "the widths, and compare with mpcourse bench; a model this small may be dominated by overhead"
+    )
+
+
 def _no_speedup(h: History, ref: History | None, ref_throughput: float | None, t: Thresholds) -> Finding | None:
     if _precision(h) == "fp32" or (ref is None and ref_throughput is None):
         return None
@@ -322,16 +360,17 @@ def _no_speedup(h: History, ref: History | None, ref_throughput: float | None, t
     step_ms = 1e3 * float(np.median(h.column("seconds")[t.timing_warmup :]))
     values = {"speedup": speedup, "samples_per_s": mine, "reference_samples_per_s": theirs, "median_step_ms": step_ms}
     symptom = f"no speedup: {_precision(h)} runs at {speedup:.2f}x the reference's speed (wanted >= {t.min_speedup:g}x)"
+    spread = ""
+    if ref is not None and ref_throughput is None:
+        lo, hi = _speedup_spread(h, ref, t.timing_warmup)
+        values.update(speedup_p10=lo, speedup_p90=hi)
+        spread = f"; the speedup's p10-p90 range {lo:.2f}-{hi:.2f}x"
     evidence = (
         f"median {mine:.4g} samples/s against {theirs:.4g} (steps {t.timing_warmup} on, "
-        f"median step {step_ms:.3g} ms, device {device})"
+        f"median step {step_ms:.3g} ms, device {device}){spread}"
     )
     if device == "cpu":
-        fix = (
-            "expected on a CPU: it has no fast fp16/bf16 matrix units, so the casts cost time and "
-            "nothing is gained; measure the speedup on a GPU (tensor cores), and use mixed "
-            "precision on CPU only to save memory"
-        )
+        fix = _cpu_speed_fix(hardware.native_half_units())
     else:
         fix = (
             "the model is too small: fixed per-step costs (kernel launches, casts, the scaler's "

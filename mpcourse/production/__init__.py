@@ -17,7 +17,9 @@ From a shell, a run that can be killed and resumed (what notebook 06 does)::
     python -m mpcourse.production train --dir run --steps 300 --every 25 --resume
 
 One module per concept: ``fallback``, ``schedule``, ``trainer``, ``validation``, ``checkpoint``,
-``monitor``, ``ckpt_format`` (the checkpoint file format) and ``cli`` for the shell command.
+``monitor`` (with overflow-rate and NaN alerts), ``ckpt_format`` (the checkpoint file format),
+``long_run`` (a production GradScaler configuration run until its scale reaches the clamp), and
+``cli`` for the shell command.
 """
 
 from mpcourse.production.checkpoint import (

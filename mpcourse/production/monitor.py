@@ -11,10 +11,15 @@ Usage::
     mon.to_csv("run.csv"); mon.to_json("run.json")
     mon.to_tensorboard("runs/exp1")       # where TensorBoard is installed; else None
 
+    mon = Monitor(window=50, max_overflow_rate=0.05)   # alert when the rolling rate passes 5 %
+    eng.fit(ds, epochs=3, callback=mon)
+    mon.alerts                            # [{'step': 61, 'kind': 'overflow_rate', 'value': 0.06, ...}]
+
 Throughput and overflow rate are given both over the last ``window`` steps (what an alert
-should watch) and over the whole run (``summary``). Step time is the engine's own,
-device-synchronised measurement. Memory is the process's resident set (psutil) and, on an
-accelerator, what the framework has allocated there.
+watches: ``max_overflow_rate`` raises one when a full window's rate passes it, once per
+crossing, and a first non-finite loss raises a ``nan`` alert) and over the whole run
+(``summary``). Step time is the engine's own, device-synchronised measurement. Memory is the
+process's resident set (psutil) and, on an accelerator, what the framework has allocated there.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -61,12 +67,31 @@ class Monitor:
     Args:
         window: steps in the rolling throughput and overflow rate, >= 1. Default 50.
         memory: read memory every step (a cheap system call). Default True.
+        max_overflow_rate: raise an ``overflow_rate`` alert when the rate over a full window
+            passes this (0 to 1); it re-arms once the rate is back at or below it. Default None:
+            no overflow alert.
+        warn: also emit each alert as a :class:`UserWarning`. Default False.
+
+    Alerts are dicts in :attr:`alerts`: ``step``, ``kind`` ("overflow_rate" or "nan"),
+    ``value``, ``threshold`` and ``window`` (the first and last step the value covers).
     """
 
-    def __init__(self, window: int = 50, memory: bool = True) -> None:
+    def __init__(
+        self, window: int = 50, memory: bool = True, *, max_overflow_rate: float | None = None, warn: bool = False
+    ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if max_overflow_rate is not None and (
+            isinstance(max_overflow_rate, bool)
+            or not isinstance(max_overflow_rate, (int, float))
+            or not 0 <= max_overflow_rate < 1
+        ):
+            raise ValueError(f"max_overflow_rate must be None or a number in [0, 1), got {max_overflow_rate!r}")
         self.window, self.memory = window, bool(memory)
+        self.max_overflow_rate = None if max_overflow_rate is None else float(max_overflow_rate)
+        self.warn = bool(warn)
+        self.alerts: list[dict[str, Any]] = []
+        self._armed = True
         self.rows: list[dict[str, Any]] = []
         self._recent: deque[tuple[int, float, bool]] = deque(maxlen=window)
         self._overflows = 0
@@ -103,7 +128,36 @@ class Monitor:
             "device_mb": self._device_mb(engine),
         }
         self.rows.append(row)
+        self._check_alerts(row)
         return row
+
+    def _alert(self, alert: dict[str, Any]) -> None:
+        self.alerts.append(alert)
+        if self.warn:
+            warnings.warn(
+                f"mpcourse monitor: {alert['kind']} {alert['value']:.3g} at step {alert['step']} "
+                f"(threshold {alert['threshold']:g}, steps {alert['window'][0]}..{alert['window'][1]})",
+                stacklevel=3,
+            )
+
+    def _check_alerts(self, row: dict[str, Any]) -> None:
+        if row["nan_count"] == 1 and not any(a["kind"] == "nan" for a in self.alerts):
+            self._alert(
+                {"step": row["step"], "kind": "nan", "value": row["loss"], "threshold": 0.0,
+                 "window": (row["step"], row["step"])}
+            )  # fmt: skip
+        if self.max_overflow_rate is None or len(self._recent) < self.window:
+            return
+        rate = row["overflow_rate"]
+        if rate > self.max_overflow_rate and self._armed:
+            self._armed = False
+            first = self.rows[-self.window]["step"]
+            self._alert(
+                {"step": row["step"], "kind": "overflow_rate", "value": rate, "threshold": self.max_overflow_rate,
+                 "window": (first, row["step"])}
+            )  # fmt: skip
+        elif rate <= self.max_overflow_rate:
+            self._armed = True
 
     def _device_mb(self, engine: Any) -> float:
         if engine is None or not self.memory:
@@ -144,6 +198,7 @@ class Monitor:
             "final_loss": self.rows[-1]["loss"],
             "peak_rss_mb": max(finite) if finite else float("nan"),
             "peak_device_mb": max(dev) if dev else float("nan"),
+            "alerts": len(self.alerts),
         }
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
@@ -186,5 +241,6 @@ class Monitor:
             return "Monitor(0 steps)"
         return (
             f"Monitor({s['steps']} steps, {s['samples_per_second']:.0f} samples/s, overflow rate "
-            f"{s['overflow_rate']:.1%}, NaN steps {s['nan_count']}, final scale {s['final_scale']:g})"
+            f"{s['overflow_rate']:.1%}, NaN steps {s['nan_count']}, final scale {s['final_scale']:g}, "
+            f"{len(self.alerts)} alert(s))"
         )
