@@ -1,10 +1,11 @@
-"""Argument checks shared by the framework-neutral modules (scaler, clipping).
+"""Argument checks shared by every module: positive numbers, choices, counts.
 
 Usage::
 
     from mpcourse._validate import positive_finite
     positive_finite("max_norm", 1.0)     # 1.0
     positive_finite("max_norm", -1)      # ValueError: max_norm must be a finite number > 0, got -1.0
+    int_at_least("epochs", 3, 1)         # 3; a bool, a float or 0 is a ValueError naming epochs
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["positive_finite", "check_choice"]
+__all__ = ["positive_finite", "check_choice", "int_at_least"]
 
 
 def positive_finite(name: str, value: Any) -> float:
@@ -32,3 +33,10 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     """A ValueError naming ``value`` and the allowed ones, unless ``value`` is among them."""
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def int_at_least(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int when it is an integer (not a bool) >= ``minimum``; else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mpcourse._validate import positive_finite
+from mpcourse._validate import int_at_least, positive_finite
 
 __all__ = [
     "Dataset",
@@ -301,8 +301,7 @@ def _text(seed: int, block: int = 64, test_fraction: float = 0.1) -> Dataset:
     # seed shifts every window by seed % block characters.
     import sysconfig
 
-    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
-        raise ValueError(f"block must be an int >= 2, got {block!r}")
+    int_at_least("block", block, 2)
     root = sysconfig.get_paths()["stdlib"]
     parts = []
     for name in TEXT_FILES:
@@ -333,17 +332,31 @@ def _text(seed: int, block: int = 64, test_fraction: float = 0.1) -> Dataset:
     )
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {
-    "digits": _digits,
-    "synthetic": _synthetic,
-    "underflow": _underflow,
-    "text": _text,
-}
+_LOADERS: dict[str, Callable[..., Dataset]] = {}
 
 
-def register(name: str, loader: Callable[..., Dataset]) -> None:
-    """Make ``load(name, seed=..., **options)`` call ``loader(seed, **options)``."""
+def register(name: str, loader: Callable[..., Dataset], *, replace: bool = False) -> None:
+    """Make ``load(name, seed=..., **options)`` call ``loader(seed, **options)``.
+
+    Usage::
+
+        mpc.data.register("mine", lambda seed, **o: mpc.data.Dataset("mine", x, y, xt, yt, num_classes=3))
+        mpc.data.load("mine")
+
+    The built-in datasets are registered this way too. A name already taken is refused unless
+    ``replace=True``, so a typo cannot silently shadow ``"digits"``.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"dataset name must be a non-empty string, got {name!r}")
+    if not callable(loader):
+        raise TypeError(f"loader must be callable(seed, **options) -> Dataset, got {loader!r}")
+    if name in _LOADERS and not replace:
+        raise ValueError(f"dataset {name!r} is already registered; pass replace=True to replace it")
     _LOADERS[name] = loader
+
+
+for _name, _loader in (("digits", _digits), ("synthetic", _synthetic), ("underflow", _underflow), ("text", _text)):
+    register(_name, _loader)
 
 
 def available() -> list[str]:
@@ -367,6 +380,5 @@ def load(name: str = "digits", seed: int = 0, **options: Any) -> Dataset:
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    int_at_least("seed", seed, 0)
     return _LOADERS[name](seed, **options)

@@ -15,10 +15,12 @@ Model state is what lives for the whole run: weights, gradients and optimizer mo
 mixed precision the weights the optimizer updates stay fp32 ("master weights") and Adam's
 moments stay fp32, so model state does not shrink. What shrinks is what a step creates and
 throws away: the activations saved for the backward pass (measured by
-``mpcourse.engines.torch.bench.saved_activation_bytes``).
+``mpcourse.engines.torch.bench.saved_tensor_bytes``).
 """
 
 from __future__ import annotations
+
+from mpcourse._validate import int_at_least
 
 __all__ = ["state_bytes_per_param", "model_state_bytes", "RECIPES", "matmul_intensity", "elementwise_intensity"]
 
@@ -65,8 +67,7 @@ def state_bytes_per_param(precision: str, optimizer: str = "adam", recipe: str =
 
 def model_state_bytes(num_params: int, precision: str, optimizer: str = "adam", recipe: str = "autocast") -> int:
     """Total bytes of model state for ``num_params`` parameters (see :func:`state_bytes_per_param`)."""
-    if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 0:
-        raise ValueError(f"num_params must be an int >= 0, got {num_params!r}")
+    int_at_least("num_params", num_params, 0)
     return num_params * sum(state_bytes_per_param(precision, optimizer, recipe).values())
 
 

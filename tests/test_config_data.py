@@ -102,3 +102,23 @@ def test_unknown_dataset_and_bad_seed() -> None:
 def test_validate_xy_refuses_bad_data(x: np.ndarray, y: np.ndarray, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         validate_xy(x, y)
+
+
+def test_register_makes_load_find_a_dataset_of_your_own() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 4), dtype=np.float32), np.arange(20) % 3
+
+    def mine(seed: int, **options: object) -> mpc.data.Dataset:
+        return mpc.data.Dataset("mine", x + seed, y, x[:5], y[:5], num_classes=3, meta=dict(options))
+
+    mpc.data.register("mine_for_test", mine)
+    try:
+        ds = mpc.data.load("mine_for_test", seed=1, flavour="test")
+        assert "mine_for_test" in mpc.data.available()
+        assert ds.num_classes == 3 and ds.meta == {"flavour": "test"} and np.array_equal(ds.x_train, x + 1)
+        with pytest.raises(ValueError, match="already registered; pass replace=True"):
+            mpc.data.register("digits", mine)  # a built-in is registered the same way, and protected
+        with pytest.raises(TypeError, match="loader must be callable"):
+            mpc.data.register("other", 3)  # type: ignore[arg-type]
+    finally:
+        mpc.data._LOADERS.pop("mine_for_test", None)

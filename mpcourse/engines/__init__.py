@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mpcourse._validate import check_choice
+from mpcourse._validate import check_choice, int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines.availability import BACKENDS, INSTALL_HINT, installed, missing_reason, require_backend
@@ -93,8 +93,7 @@ def make_engine(
     feats = num_features if num_features is not None else (data.num_features if data is not None else 64)
     classes = num_classes if num_classes is not None else (data.num_classes if data is not None else 10)
     for name, v in (("num_features", feats), ("num_classes", classes)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        int_at_least(name, v, 1)
     require_backend(backend)
     cls: type[Any]
     if backend == "torch":

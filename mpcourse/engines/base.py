@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, checked_loss, read_data
@@ -382,8 +383,7 @@ class Engine(ABC):
                 raise ValueError(f"state_dict was saved from {key}={state.get(key)!r}, this engine has {key}={mine!r}")
         for key in ("step", "epoch", "batch_in_epoch"):
             v = state[key]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"engine state_dict: {key!r} must be an int >= 0, got {v!r}")
+            int_at_least(f"engine state_dict: {key!r}", v, 0)
         fw = state["framework"]
         if not isinstance(fw, dict):
             raise TypeError(f"engine state_dict: 'framework' must be a dict, got {type(fw).__name__}")

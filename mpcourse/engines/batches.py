@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.data import Dataset, check_inputs, check_targets
 
 __all__ = [
@@ -68,9 +69,7 @@ def as_numpy(value: Any) -> np.ndarray:
 
 def check_batch_size(name: str, value: Any) -> int:
     """``value`` if it is an int >= 1, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
+    return int_at_least(name, value, 1)
 
 
 def check_xy(x: Any, y: Any, *, what: str, labels: bool, flat_features: int | None) -> tuple[np.ndarray, np.ndarray]:

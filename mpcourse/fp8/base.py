@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.fp8.cast import FP8_MAX, check_fp8
 
 __all__ = ["ROLES", "FMT_CHOICES", "Tile", "Fp8Recipe", "hybrid_formats", "amax_to_scale", "round_down_pow2"]
@@ -72,9 +73,7 @@ def check_role(role: Any) -> str:
 
 
 def check_block(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
+    return int_at_least(name, value, 1)
 
 
 class Fp8Recipe(ABC):

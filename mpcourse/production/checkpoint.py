@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.engines.portable import export_state, import_state
 from mpcourse.production.ckpt_format import (
     MAGIC,
@@ -223,9 +224,7 @@ class Scan:
 
 
 def _positive(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return v
+    return int_at_least(name, v, 1)
 
 
 class CheckpointManager:

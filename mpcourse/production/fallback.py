@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mpcourse._validate import int_at_least
 from mpcourse.config import PRECISIONS, TrainConfig
 from mpcourse.engines import ZOO, Engine, make_engine
 from mpcourse.history import StepRecord
@@ -71,8 +72,7 @@ class FallbackPolicy:
             check_precision("each chain entry", p)
         if [SAFETY[p] for p in self.chain] != sorted(SAFETY[p] for p in self.chain):
             raise ValueError(f"chain must go from less to more range (fp16, bf16, fp32), got {self.chain!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be an int >= 1, got {self.window!r}")
+        int_at_least("window", self.window, 1)
         if not isinstance(self.max_overflow_rate, (int, float)) or not 0 < self.max_overflow_rate <= 1:
             raise ValueError(f"max_overflow_rate must be in (0, 1], got {self.max_overflow_rate!r}")
 

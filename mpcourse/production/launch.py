@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.engines.portable import model_arrays, model_sha256
 
 __all__ = ["parse_inject", "wants_processes", "check_distributed", "run_distributed", "summary_fields"]
@@ -69,8 +70,7 @@ def summary_fields(engine: Any, history: Any, world_size: int = 1) -> dict[str, 
 
 def check_distributed(args: argparse.Namespace) -> None:
     """Refuse, before any process starts, flags that a distributed run cannot honour (ValueError)."""
-    if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
-        raise ValueError(f"--nproc must be an int >= 1, got {args.nproc!r}")
+    int_at_least("--nproc", args.nproc, 1)
     if args.backend != "torch":
         raise ValueError(f"--nproc/--strategy/--inject-inf need --backend torch, got {args.backend!r}")
     if args.fallback:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mpcourse._validate import int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines import make_engine
@@ -106,8 +107,7 @@ def run(
         backend, model, device: as for ``make_engine``. Defaults "torch", "mlp", "cpu".
         window, max_overflow_rate: the monitor's alert. Defaults 100 and 0.05.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    int_at_least("steps", steps, 1)
     cfg = rust_report_config() if config is None else config
     mon = Monitor(window=window, memory=False, max_overflow_rate=max_overflow_rate)
     eng = make_engine(backend, model, cfg, device=device, data=data, verbose=False)

@@ -33,6 +33,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from mpcourse._validate import int_at_least
+
 __all__ = ["Monitor", "COLUMNS"]
 
 COLUMNS: tuple[str, ...] = (
@@ -79,8 +81,7 @@ class Monitor:
     def __init__(
         self, window: int = 50, memory: bool = True, *, max_overflow_rate: float | None = None, warn: bool = False
     ) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        int_at_least("window", window, 1)
         if max_overflow_rate is not None and (
             isinstance(max_overflow_rate, bool)
             or not isinstance(max_overflow_rate, (int, float))

@@ -22,6 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from mpcourse._validate import int_at_least
 from mpcourse.config import PRECISIONS, TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines import Engine, make_engine
@@ -171,8 +172,7 @@ class Trainer:
 
     def fit(self, steps: int, progress: bool = False) -> History:
         """Train ``steps`` more steps (through any switches); returns the whole History."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        int_at_least("steps", steps, 1)
         return self.run_to(self.engine.step + steps, progress)
 
     def resume(self, source: str | Path | CheckpointManager) -> Checkpoint:

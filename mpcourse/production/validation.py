@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines import make_engine
@@ -174,8 +175,7 @@ def validate(
         warmup_steps: first steps left out of the timing (allocation, caches). Default 5.
     """
     check_precision("precision", precision)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    int_at_least("epochs", epochs, 1)
     base = config or TrainConfig()
     engines = {
         p: make_engine(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mpcourse import data as _data
+from mpcourse._validate import int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.engines import make_engine
 from mpcourse.history import History
@@ -78,8 +79,7 @@ def run_demo(
         out: where to print (default stdout).
     """
     out = out or sys.stdout
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    int_at_least("epochs", epochs, 1)
     ds = _data.load(dataset, seed=seed)
     base = TrainConfig(lr=lr, batch_size=batch_size, seed=seed)
     result = DemoResult()

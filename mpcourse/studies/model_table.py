@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcourse._validate import int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines import make_engine
@@ -67,8 +68,7 @@ def measure(
     unknown = [m for m in models if m not in ZOO]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; the zoo has {', '.join(ZOO)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
-        raise ValueError(f"steps must be an int >= 10, got {steps!r}")
+    int_at_least("steps", steps, 10)
     from mpcourse.engines.losses import cross_entropy
 
     weight = runs.loss_weight_of(data)  # the "underflow" task trains on a weighted loss

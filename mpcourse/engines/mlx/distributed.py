@@ -36,7 +36,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mpcourse._validate import check_choice
+from mpcourse._validate import check_choice, int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.engines.mlx.engine import DTYPES, MLXEngine, array_to_numpy
 from mpcourse.fingerprint import sha256_arrays
@@ -156,8 +156,7 @@ def launch(nproc: int = 2, timeout: float = 300.0, **run: Any) -> list[dict[str,
     ``run`` takes :func:`main`'s options as keywords (``steps``, ``precision``, ``batch_size``,
     ``reduce_dtype``, ``inject_inf=(step, rank)``, ``seed``).
     """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    int_at_least("nproc", nproc, 1)
     exe = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
     if exe is None:
         raise FileNotFoundError("mlx.launch is not installed next to this Python (pip install 'mlx[cpu]')")

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-from mpcourse._validate import check_choice
+from mpcourse._validate import check_choice, int_at_least
 from mpcourse.config import TrainConfig
 from mpcourse.engines.torch.engine import DTYPES, TorchEngine
 from mpcourse.engines.torch.scaling import GradScalerScaling, OwnScaling, TorchScaling, make_scaling
@@ -104,8 +104,7 @@ def elastic_run(
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    int_at_least("nproc", nproc, 1)
     check_choice("start_method", start_method, ("spawn", "fork", "forkserver"))
     config = LaunchConfig(
         min_nodes=1,
