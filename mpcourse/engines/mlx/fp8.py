@@ -38,6 +38,7 @@ import numpy as np
 
 from mpcourse.fp8.base import Fp8Recipe, Tile
 from mpcourse.fp8.cast import FP8_MAX, OVERFLOW
+from mpcourse.fp8.session import Fp8Session
 from mpcourse.fp8.tiles import tensor_stats, tile_size
 
 __all__ = ["Fp8Linear", "Fp8State", "convert", "cast", "round_fp8", "fp8_for_engine", "fp8_state_of"]
@@ -59,28 +60,8 @@ def round_fp8(y: mx.array, fmt: str) -> mx.array:
     return mx.where(mx.isnan(y), y, q)
 
 
-class Fp8State:
-    """What the converted layers of one model share: the recipe and the step's log."""
-
-    def __init__(self, recipe: Fp8Recipe, *, always_record: bool = True) -> None:
-        if not isinstance(recipe, Fp8Recipe):
-            raise TypeError(f"recipe must be an mpcourse.fp8 recipe, got {recipe!r}")
-        self.recipe = recipe
-        # An engine's state records only between begin_step() and end_step() (see the torch twin).
-        self.always_record = always_record
-        self.recording = always_record
-        self.log: dict[str, dict[str, Any]] = {}
-
-    def begin_step(self) -> None:
-        """A training step starts: its casts feed the recipe and the log until :meth:`end_step`."""
-        self.recording = True
-
-    def end_step(self) -> dict[str, dict[str, Any]]:
-        """The step's per-tensor stats; advances the recipe (delayed scaling rolls its histories)."""
-        self.recipe.update()
-        log, self.log = self.log, {}
-        self.recording = self.always_record
-        return log
+class Fp8State(Fp8Session):
+    """What the converted layers of one model share: the recipe and the step's log (see Fp8Session)."""
 
 
 def _tile_amax(x: mx.array, r: int, c: int) -> mx.array:

@@ -43,6 +43,7 @@ from torch import nn
 
 from mpcourse.fp8.base import Fp8Recipe
 from mpcourse.fp8.cast import FP8_MAX, OVERFLOW
+from mpcourse.fp8.session import Fp8Session
 from mpcourse.fp8.tiles import tensor_stats, tile_size
 
 __all__ = [
@@ -66,32 +67,15 @@ def scaled_mm_native(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-class Fp8State:
+class Fp8State(Fp8Session):
     """What the converted layers of one model share: the recipe, the matmul choice, the step's log."""
 
     def __init__(self, recipe: Fp8Recipe, matmul: str = "auto", *, always_record: bool = True) -> None:
-        if not isinstance(recipe, Fp8Recipe):
-            raise TypeError(f"recipe must be an mpcourse.fp8 recipe, got {recipe!r}")
         if matmul not in MATMULS:
             raise ValueError(f"matmul must be one of {', '.join(map(repr, MATMULS))}; got {matmul!r}")
-        self.recipe, self.matmul = recipe, matmul
-        # An engine's state records only between begin_step() and end_step(), so a probe or an
-        # evaluation forward never feeds the recipe's history; convert()'s records every cast.
-        self.always_record = always_record
-        self.recording = always_record
-        self.log: dict[str, dict[str, Any]] = {}
+        super().__init__(recipe, always_record=always_record)
+        self.matmul = matmul
         self.paths: set[str] = set()  # which matmuls ran: "emulate", "scaled_mm"
-
-    def begin_step(self) -> None:
-        """A training step starts: its casts feed the recipe and the log until :meth:`end_step`."""
-        self.recording = True
-
-    def end_step(self) -> dict[str, dict[str, Any]]:
-        """The step's per-tensor stats; advances the recipe (delayed scaling rolls its histories)."""
-        self.recipe.update()
-        log, self.log = self.log, {}
-        self.recording = self.always_record
-        return log
 
 
 def _tile_amax(x: torch.Tensor, r: int, c: int) -> torch.Tensor:
