@@ -66,3 +66,21 @@ def test_doctor_says_what_this_cpu_has_and_what_each_device_cannot_do(capsys, mo
     assert "torch:cpu   bf16: WILL NOT WORK: planted: bf16 cannot run" in out
     assert "torch:cpu   any: note: planted note" in out
     assert "torch:cpu   bf16: FAILED: DeviceUnavailableError: bf16 on cpu: planted: bf16 cannot run" in out  # refused
+
+
+def test_demo_explains_its_timings_from_the_cpu_present() -> None:
+    from mpcourse.studies.demo import speed_explanation
+
+    rows = [
+        {"precision": "fp32", "speedup_vs_fp32": 1.0},
+        {"precision": "fp16", "speedup_vs_fp32": 0.25},
+        {"precision": "bf16", "speedup_vs_fp32": 1.01},
+    ]
+    avx2 = speed_explanation(rows, "torch:cpu", flags=["avx2", "fma", "f16c"], arch="x86")
+    assert "has: avx2, fma, f16c" in avx2
+    assert "fp16 ran slower than fp32 here; only F16C" in avx2 and "bf16 ran faster than fp32 here; no bf16" in avx2
+    bf16_cpu = speed_explanation(rows, "torch:cpu", flags=["avx2", "avx512_bf16"], arch="x86")
+    assert "bf16 ran faster than fp32 here; AVX512-BF16" in bf16_cpu  # another CPU, another story
+    gpu = speed_explanation(rows, "torch:cuda")
+    assert "per-step overhead" in gpu and "CPU" not in gpu
+    assert speed_explanation(rows[:1] + [{"precision": "bf16", "speedup_vs_fp32": 2.0}], "torch:cuda") == ""

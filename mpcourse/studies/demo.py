@@ -31,7 +31,7 @@ from mpcourse.config import TrainConfig
 from mpcourse.engines import make_engine
 from mpcourse.history import History
 
-__all__ = ["DemoResult", "run_demo", "PRECISION_RUNS"]
+__all__ = ["DemoResult", "run_demo", "PRECISION_RUNS", "speed_explanation"]
 
 # (label, config changes): FP16 uses dynamic loss scaling, BF16 needs none (fp32's exponent range).
 PRECISION_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -101,6 +101,7 @@ def run_demo(
         _print_epochs(label, hist, out)
     result.rows = _comparison(result)
     _print_comparison(result.rows, out)
+    _print_why(result.rows, result.device, out)
     if report is not None:
         result.report_path = _write_report(result, Path(report), model, dataset)
         print(f"\nreport: {result.report_path.resolve()}", file=out)
@@ -158,13 +159,45 @@ def _print_comparison(rows: list[dict[str, Any]], out: TextIO) -> None:
             f"{r['final_scale']:12g}",
             file=out,
         )
-    if any(r["speedup_vs_fp32"] < 1 for r in rows if r["precision"] != "fp32"):
-        print(
-            "\nHalf precision was slower here. Most CPUs have no fast fp16/bf16 matrix units (no AMX or\n"
-            "AVX512-FP16), so autocast adds conversions without faster math; small models are also\n"
-            "dominated by per-step overhead. Notebook 03 measures and explains this.",
-            file=out,
+
+
+def speed_explanation(
+    rows: list[dict[str, Any]], device: str, flags: list[str] | None = None, arch: str | None = None
+) -> str:
+    """Why each half precision ran at the speed it did here, from the flags of the CPU present.
+
+    On a CPU the sentence per precision comes from :func:`mpcourse.hardware.half_precision_outlook`
+    (what the instruction sets allow; the timing above is what actually happened); on another
+    device a model this small is mostly per-step overhead. ``flags``/``arch`` describe another CPU.
+    """
+    from mpcourse import hardware
+
+    lines = []
+    if device.endswith(":cpu"):
+        arch = arch or hardware.cpu_arch()
+        have = hardware.cpu_flags(hardware.precision_flags(arch)) if flags is None else flags
+        if have is None:
+            return "This CPU's feature flags cannot be read here: the table above is the measurement."
+        outlook = hardware.half_precision_outlook(have, arch)
+        lines.append(f"This CPU ({arch}) has: {', '.join(have) or 'none of the half-precision flags'}.")
+        for r in rows:
+            if r["precision"] in outlook:
+                verdict = "faster" if r["speedup_vs_fp32"] > 1 else "slower"
+                lines.append(f"  {r['precision']} ran {verdict} than fp32 here; {outlook[r['precision']]}.")
+    elif any(r["speedup_vs_fp32"] < 1 for r in rows if r["precision"] != "fp32"):
+        lines.append(
+            f"Half precision was slower on {device}: a model this small is mostly per-step overhead "
+            "(launches, casts, the scaler's checks), not matmul time."
         )
+    if lines:
+        lines.append("Notebook 03 measures and explains this.")
+    return "\n".join(lines)
+
+
+def _print_why(rows: list[dict[str, Any]], device: str, out: TextIO) -> None:
+    text = speed_explanation(rows, device)
+    if text:
+        print("\n" + text, file=out)
 
 
 def _write_report(result: DemoResult, folder: Path, model: str, dataset: str) -> Path:
