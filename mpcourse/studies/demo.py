@@ -183,7 +183,7 @@ def speed_explanation(
         for r in rows:
             if r["precision"] in outlook:
                 verdict = "faster" if r["speedup_vs_fp32"] > 1 else "slower"
-                lines.append(f"  {r['precision']} ran {verdict} than fp32 here; {outlook[r['precision']]}.")
+                lines.append(f"  {r['precision']} ran {verdict} than fp32 here; {outlook[r['precision']].rstrip('.')}.")
     elif any(r["speedup_vs_fp32"] < 1 for r in rows if r["precision"] != "fp32"):
         lines.append(
             f"Half precision was slower on {device}: a model this small is mostly per-step overhead "
