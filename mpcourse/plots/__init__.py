@@ -36,7 +36,14 @@ from mpcourse.plots.style import (
     setup_notebook,
     smooth,
 )
-from mpcourse.plots.training import loss_and_scale, loss_curves, scale_trajectory, time_bars, training_curves
+from mpcourse.plots.training import (
+    loss_and_scale,
+    loss_curves,
+    moved_curves,
+    scale_trajectory,
+    time_bars,
+    training_curves,
+)
 
 __all__ = [
     "overflow_markers",
@@ -72,5 +79,6 @@ __all__ = [
     "throughput_bars",
     "time_bars",
     "training_curves",
+    "moved_curves",
     "updates_vs_spacing",
 ]

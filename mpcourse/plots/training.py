@@ -13,7 +13,7 @@ Data in, ``plotly.graph_objects.Figure`` out; every figure has a title and axis 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from mpcourse.history import History
 from mpcourse.plots.style import LOSS_AXIS, STEP_AXIS, log2_ticks, overflow_markers, smooth
 
-__all__ = ["loss_curves", "scale_trajectory", "time_bars", "training_curves", "loss_and_scale"]
+__all__ = ["loss_curves", "scale_trajectory", "time_bars", "training_curves", "loss_and_scale", "moved_curves"]
 
 
 def loss_curves(
@@ -114,4 +114,20 @@ def loss_and_scale(
     fig.update_yaxes(title_text="loss (nats)", row=1, col=1)  # short: two stacked axis titles
     fig.update_yaxes(title_text="loss scale (log2)", type="log", row=2, col=1, **log2_ticks(scale))
     fig.update_xaxes(title_text=STEP_AXIS, row=2, col=1)
+    return fig
+
+
+def moved_curves(
+    runs: Mapping[str, Mapping[str, Sequence[float]]], title: str = "Distance moved by a layer"
+) -> go.Figure:
+    """One line per named run: the L2 distance of a layer's weights from their start, per step.
+
+    ``runs`` maps a name to a dict with a ``"moved"`` list, as ``engines.torch.master.train`` returns.
+    """
+    fig = go.Figure()
+    for name, run in runs.items():
+        fig.add_trace(go.Scatter(x=list(range(len(run["moved"]))), y=list(run["moved"]), mode="lines", name=name))
+    fig.update_layout(
+        title=title, xaxis_title=STEP_AXIS, yaxis_title="L2 distance from the start", template="plotly_white"
+    )
     return fig
