@@ -70,7 +70,8 @@ def test_framework_rooms_have_the_same_file_names() -> None:
     mlx_files = {p.name for p in (PKG / "engines" / "mlx").glob("*.py")}
     assert mlx_files <= torch_files | {"distributed.py", "fp8.py", "arrays.py"}
     # MLX has no GradScaler, no TensorBoard writer, no sharded checkpoint or collectives of torch's kind
-    # and no Accelerate/Lightning launchers: these twins are absent on purpose.
+    # and no Accelerate/Lightning launchers; recipes.py and master.py teach torch's own AMP API:
+    # these twins are absent on purpose.
     assert torch_files - mlx_files <= {
         "scaling.py",
         "tensorboard.py",
@@ -78,6 +79,7 @@ def test_framework_rooms_have_the_same_file_names() -> None:
         "collectives.py",
         "launchers.py",
         "recipes.py",
+        "master.py",
         "inspect.py",
         "support.py",
         "distributed.py",
