@@ -14,11 +14,13 @@ records every cast.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from mpcourse.fp8.base import Fp8Recipe
 
 __all__ = ["Fp8Session"]
+
+S = TypeVar("S", bound="Fp8Session")
 
 
 class Fp8Session:
@@ -42,3 +44,16 @@ class Fp8Session:
         log, self.log = self.log, {}
         self.recording = self.always_record
         return log
+
+    @classmethod
+    def of(cls: type[S], module: Any) -> S:
+        """The session a converted module carries (a TypeError for one that was not converted)."""
+        state = getattr(module, "fp8_state", None)
+        if not isinstance(state, cls):
+            raise TypeError(f"{type(module).__name__} was not converted to fp8 (no fp8_state); call convert() first")
+        return state
+
+    def for_engine(self: S) -> S:
+        """This session, recording only inside an engine's training steps from now on."""
+        self.always_record = self.recording = False
+        return self

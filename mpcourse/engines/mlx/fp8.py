@@ -193,16 +193,11 @@ def convert(module: nn.Module, recipe: Fp8Recipe) -> nn.Module:
 
 def fp8_state_of(module: nn.Module) -> Fp8State:
     """The :class:`Fp8State` of a converted module (a TypeError for one that was not converted)."""
-    state = getattr(module, "fp8_state", None)
-    if not isinstance(state, Fp8State):
-        raise TypeError(f"{type(module).__name__} was not converted to fp8 (no fp8_state); call convert() first")
-    return state
+    return Fp8State.of(module)
 
 
 def fp8_for_engine(model: nn.Module, config: Any) -> Fp8State | None:
     """The engine's hook: for ``precision="fp8"``, convert ``model`` in place and return its state."""
     if config.precision != "fp8":
         return None
-    state = fp8_state_of(convert(model, config.fp8))
-    state.always_record = state.recording = False  # only the engine's training steps record
-    return state
+    return fp8_state_of(convert(model, config.fp8)).for_engine()  # only training steps record
