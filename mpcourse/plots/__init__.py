@@ -25,7 +25,7 @@ from mpcourse.plots.formats import (
     updates_vs_spacing,
 )
 from mpcourse.plots.fp8 import fp8_trace, history_trace, quantization_error_bars
-from mpcourse.plots.production import memory_bars, monitor_dashboard, precision_timeline
+from mpcourse.plots.production import memory_bars, monitor_dashboard, precision_timeline, predict_memory
 from mpcourse.plots.style import (
     GRAD_NORM_AXIS,
     LOSS_AXIS,
@@ -64,6 +64,7 @@ __all__ = [
     "loss_and_scale",
     "loss_curves",
     "memory_bars",
+    "predict_memory",
     "memory_breakdown_bars",
     "monitor_dashboard",
     "number_line",

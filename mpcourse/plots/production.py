@@ -13,6 +13,7 @@ Data in, ``plotly.graph_objects.Figure`` out; every figure has a title and axis 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -20,7 +21,7 @@ import plotly.graph_objects as go
 from mpcourse.history import History
 from mpcourse.plots.style import LOSS_AXIS, STEP_AXIS
 
-__all__ = ["precision_timeline", "monitor_dashboard", "memory_bars"]
+__all__ = ["precision_timeline", "monitor_dashboard", "memory_bars", "predict_memory"]
 
 
 def _precision_segments(history: History) -> list[tuple[int, int, str]]:
@@ -122,6 +123,31 @@ def memory_bars(estimates: Mapping[str, object], title: str = "Estimated trainin
         title=title,
         xaxis_title="run (precision, batch)",
         yaxis_title="estimated memory (MiB)",
+        template="plotly_white",
+    )
+    return fig
+
+
+def predict_memory(report: Any, title: str | None = None) -> go.Figure:
+    """Stacked bars of a :class:`mpcourse.production.PredictReport`'s measured bytes (KiB): the
+    training state, then the fp32 and the serving copy's weights and activation peak."""
+    train, ref, serve = report.train_state_bytes, report.reference, report.serving
+    names = [f"training ({report.train_precision})", "predict, fp32 copy", f"predict, {serve.precision} copy"]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=names[:1], y=[train / 1024], name="weights + gradients + optimizer state"))
+    fig.add_trace(go.Bar(x=names[1:], y=[ref.weight_bytes / 1024, serve.weight_bytes / 1024], name="weights"))
+    fig.add_trace(
+        go.Bar(
+            x=names[1:],
+            y=[ref.activation_peak_bytes / 1024, serve.activation_peak_bytes / 1024],
+            name=f"activation peak (batch {report.batch_size})",
+        )
+    )
+    fig.update_layout(
+        barmode="stack",
+        title=title or f"Measured memory: training vs the predict phase ({report.backend} {report.device})",
+        xaxis_title="phase and copy",
+        yaxis_title="measured memory (KiB)",
         template="plotly_white",
     )
     return fig

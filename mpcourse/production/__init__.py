@@ -16,7 +16,8 @@ From a shell, a run that can be killed and resumed (what notebook 06 does)::
 
     python -m mpcourse.production train --dir run --steps 300 --every 25 --resume
 
-One module per concept: ``fallback``, ``schedule``, ``trainer``, ``validation``, ``checkpoint``,
+One module per concept: ``fallback``, ``schedule``, ``predict`` (the predict phase, measured),
+``trainer``, ``validation``, ``checkpoint``,
 ``monitor`` (with overflow-rate and NaN alerts), ``ckpt_format`` (the checkpoint file format),
 ``long_run`` (a production GradScaler configuration run until its scale reaches the clamp), and
 ``cli`` for the shell command.
@@ -34,6 +35,7 @@ from mpcourse.production.checkpoint import (
 from mpcourse.production.cli import main
 from mpcourse.production.fallback import SAFETY, FallbackPolicy, switch_precision
 from mpcourse.production.monitor import Monitor
+from mpcourse.production.predict import PredictCopy, PredictReport, predict_phase
 from mpcourse.production.schedule import MemoryEstimate, Phase, PrecisionSchedule, estimate_memory
 from mpcourse.production.trainer import Trainer
 from mpcourse.production.validation import Check, ValidationReport, judge, validate
@@ -46,6 +48,9 @@ __all__ = [
     "MemoryEstimate",
     "estimate_memory",
     "Trainer",
+    "predict_phase",
+    "PredictReport",
+    "PredictCopy",
     "Check",
     "ValidationReport",
     "judge",

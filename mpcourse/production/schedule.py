@@ -109,13 +109,18 @@ class PrecisionSchedule:
                                        steps={"warmup": 100, "main": 800})  # the last runs on
         s.phase_at(150).precision                 # 'bf16'
         s.memory_estimates(eng, ds.x_train[:64])  # one MemoryEstimate per phase
+        s = PrecisionSchedule.fp32_warmup(100, then="fp32", predict="bf16")
+        prod.predict_phase(trained_engine, ds, s.predict)   # trained in fp32, served in bf16
 
     Args:
         phases: Phase objects or ``(name, precision, steps)`` tuples; every phase but the
             last needs a step count.
+        predict: the precision of the predict phase after training (see
+            :func:`mpcourse.production.predict_phase`), or None (default) for none.
     """
 
-    def __init__(self, phases: Sequence[Phase | tuple[Any, ...]]) -> None:
+    def __init__(self, phases: Sequence[Phase | tuple[Any, ...]], *, predict: str | None = None) -> None:
+        self.predict = None if predict is None else check_precision("predict", predict)
         self.phases = tuple(p if isinstance(p, Phase) else Phase(*p) for p in phases)
         if not self.phases:
             raise ValueError("a PrecisionSchedule needs at least one phase")
@@ -123,18 +128,20 @@ class PrecisionSchedule:
             raise ValueError("every phase but the last needs steps=<int> (only the last may run to the end)")
 
     @classmethod
-    def fp32_warmup(cls, warmup_steps: int, then: str = "fp16") -> PrecisionSchedule:
-        """``warmup_steps`` in fp32, then ``then`` to the end."""
-        return cls([Phase("warmup", "fp32", warmup_steps), Phase("main", then)])
+    def fp32_warmup(cls, warmup_steps: int, then: str = "fp16", *, predict: str | None = None) -> PrecisionSchedule:
+        """``warmup_steps`` in fp32, then ``then`` to the end (and ``predict`` after training)."""
+        return cls([Phase("warmup", "fp32", warmup_steps), Phase("main", then)], predict=predict)
 
     @classmethod
-    def from_map(cls, precisions: Mapping[str, str], steps: Mapping[str, int]) -> PrecisionSchedule:
+    def from_map(
+        cls, precisions: Mapping[str, str], steps: Mapping[str, int], *, predict: str | None = None
+    ) -> PrecisionSchedule:
         """Phases in the mapping's order; ``steps`` names every phase's length but the last's."""
         unknown = set(steps) - set(precisions)
         if unknown:
             raise ValueError(f"steps names phases {sorted(unknown)} that precisions lacks")
         names = list(precisions)
-        return cls([Phase(n, precisions[n], steps.get(n)) for n in names])
+        return cls([Phase(n, precisions[n], steps.get(n)) for n in names], predict=predict)
 
     def starts(self) -> list[int]:
         """The first step of each phase."""
@@ -175,6 +182,5 @@ class PrecisionSchedule:
         return out
 
     def __repr__(self) -> str:
-        return (
-            "PrecisionSchedule(" + ", ".join(f"{p.name}:{p.precision}x{p.steps or 'rest'}" for p in self.phases) + ")"
-        )
+        phases = ", ".join(f"{p.name}:{p.precision}x{p.steps or 'rest'}" for p in self.phases)
+        return f"PrecisionSchedule({phases}" + ("" if self.predict is None else f"; predict:{self.predict}") + ")"
