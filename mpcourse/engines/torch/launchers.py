@@ -62,7 +62,7 @@ def accelerate_run(mixed_precision: str = "fp16", steps: int = 5, batch: int = 6
                 loss = default_loss(model(x.to(acc.device)), y.to(acc.device))
             acc.backward(loss)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     return {
         "library": "accelerate",
         "asked": mixed_precision,
@@ -95,7 +95,7 @@ def lightning_run(
             loss = default_loss(model(fabric.to_device(x)), fabric.to_device(y))
             fabric.backward(loss)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     plugin = fabric.strategy.precision
     return {
         "library": "lightning",
