@@ -16,7 +16,8 @@ the suite the macOS CI job and a lent GPU run. Each device checks, per precision
 - resume is bit-exact on that device (state_dict, then the same steps);
 - clipping happens after unscaling (the update has the clipped norm, not the norm / scale);
 - the fallback switches (fp16 -> bf16 on a real overflow storm; bf16 -> fp32 exactly);
-- time per step and memory are measured, where the device has counters.
+- time per step and memory are measured, where the device has counters;
+- the predict phase serves a 16-bit copy of an fp32-trained model there (half the weight bytes).
 """
 
 from __future__ import annotations
@@ -194,3 +195,18 @@ def test_time_and_memory_are_measured_where_the_device_has_counters(target, digi
         assert held is None  # no device allocator to ask; the probe reads the process's RSS
     else:
         assert held is not None and held > 0
+
+
+@pytest.mark.parametrize(("target", "precision"), _cases())
+def test_the_predict_phase_serves_a_half_copy_on_the_device(target, precision, digits):
+    # Trained in fp32 on the device, then served in ``precision`` there: the copy's weights are
+    # half the bytes (fp32: the same), it agrees with the fp32 copy, and the engine is untouched.
+    if _unsupported(target, precision):
+        pytest.skip(_unsupported(target, precision))
+    eng = _engine(target, "fp32", data=digits, lr=3e-3)
+    eng.fit(digits, epochs=1)
+    before = _leaves(eng)
+    rep = prod.predict_phase(eng, digits, precision)
+    assert _equal(before, _leaves(eng)), "the predict phase changed the engine"
+    assert rep.serving.weight_bytes * (1 if precision == "fp32" else 2) == rep.reference.weight_bytes
+    assert rep.serving.activation_peak_bytes > 0 and rep.agreement >= 0.95, (target, precision, rep.agreement)
