@@ -38,7 +38,7 @@ TAG = "nbval-ignore-output"
 PRODUCERS = frozenset(
     {
         # training and evaluation (engines, studies, production, widgets)
-        "fit", "train", "compare", "recommend", "evaluate", "validate", "Trainer", "backward",
+        "fit", "train", "compare", "recommend", "evaluate", "validate", "Trainer", "backward", "measure",
         # gradients, activations, op dtypes, faults: one device's kernels
         "batch_gradients", "op_dtypes", "find_first_nonfinite", "underflow_fractions",
         "activation_ranges", "clip_order_effect", "saved_tensor_bytes",
