@@ -296,6 +296,13 @@ def test_the_checker_flags_an_untagged_training_output():
     assert [v[:9] for v in violations(derived)] == ["A: cell 2"]  # taint follows names across cells
 
 
+def test_a_studies_table_is_a_training_output():
+    table = "rows = model_table.measure(ds, steps=44, device=DEVICE)\nprint(model_table.format_rows(rows))"
+    assert [v[:9] for v in violations(_nb(SETUP, (table, False, "mlp fp32 2.18")))] == ["A: cell 1"]
+    assert [v[:9] for v in violations(_nb(SETUP, (table, True, "mlp fp32 2.18")))] == ["B: cell 1"]
+    assert violations(_nb(SETUP, (table, True, "mlp fp32 2.18"), ("assert rows[0]['vs_fp32'] == 1", False, ""))) == []
+
+
 def test_the_checker_flags_a_tagged_output_without_an_assert():
     bad = _nb(SETUP, (TRAIN + "\nprint(loss)", True, "2.30"), ("print('done')", False, "done"))
     assert [v[:9] for v in violations(bad)] == ["B: cell 1"]
