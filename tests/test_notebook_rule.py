@@ -38,7 +38,7 @@ TAG = "nbval-ignore-output"
 PRODUCERS = frozenset(
     {
         # training and evaluation (engines, studies, production, widgets)
-        "fit", "train", "compare", "recommend", "evaluate", "validate", "Trainer", "backward",
+        "fit", "train", "compare", "recommend", "evaluate", "validate", "Trainer", "backward", "measure",
         # gradients, activations, op dtypes, faults: one device's kernels
         "batch_gradients", "op_dtypes", "find_first_nonfinite", "underflow_fractions",
         "activation_ranges", "clip_order_effect", "saved_tensor_bytes",
@@ -294,6 +294,13 @@ def test_the_checker_flags_an_untagged_training_output():
     assert [v[:9] for v in violations(bad)] == ["A: cell 1"]
     derived = _nb(SETUP, (TRAIN, False, ""), ("x = {'l': loss}\nfor k, v in x.items():\n    print(v)", False, "2.3"))
     assert [v[:9] for v in violations(derived)] == ["A: cell 2"]  # taint follows names across cells
+
+
+def test_a_studies_table_is_a_training_output():
+    table = "rows = model_table.measure(ds, steps=44, device=DEVICE)\nprint(model_table.format_rows(rows))"
+    assert [v[:9] for v in violations(_nb(SETUP, (table, False, "mlp fp32 2.18")))] == ["A: cell 1"]
+    assert [v[:9] for v in violations(_nb(SETUP, (table, True, "mlp fp32 2.18")))] == ["B: cell 1"]
+    assert violations(_nb(SETUP, (table, True, "mlp fp32 2.18"), ("assert rows[0]['vs_fp32'] == 1", False, ""))) == []
 
 
 def test_the_checker_flags_a_tagged_output_without_an_assert():

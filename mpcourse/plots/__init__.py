@@ -10,7 +10,7 @@ Usage::
     fig.show()
 
 Modules: ``style`` (shared axes, smoothing, renderer), ``training``, ``formats``, ``clipping``,
-``debug``, ``production``, ``bench``, ``fp8``. Every figure has a title and axis titles with units.
+``debug``, ``production``, ``bench``, ``fp8``, ``model_table``. Every figure has a title and axis titles with units.
 """
 
 from mpcourse.plots.bench import memory_breakdown_bars, peak_memory_bars, speedup_lines, throughput_bars
@@ -25,6 +25,7 @@ from mpcourse.plots.formats import (
     updates_vs_spacing,
 )
 from mpcourse.plots.fp8 import fp8_trace, history_trace, quantization_error_bars
+from mpcourse.plots.model_table import model_table_bars
 from mpcourse.plots.production import memory_bars, monitor_dashboard, precision_timeline, predict_memory
 from mpcourse.plots.style import (
     GRAD_NORM_AXIS,
@@ -64,6 +65,7 @@ __all__ = [
     "loss_and_scale",
     "loss_curves",
     "memory_bars",
+    "model_table_bars",
     "predict_memory",
     "memory_breakdown_bars",
     "monitor_dashboard",
