@@ -173,6 +173,19 @@ def test_offline_notebook_shows_a_widgets_default_run_and_keeps_the_note_without
     assert "1 of them widgets' default runs" in str(site.BuildReport(out=Path("s"), figures=3, widget_figures=1))
 
 
+@pytest.mark.skipif(not (REPO / "notebooks").is_dir(), reason="no course notebooks in this checkout")
+def test_saved_notebooks_keep_no_widget_state():
+    """The widgets' figures travel in their outputs; their saved models (which nbconvert --execute
+    writes to ``metadata.widgets`` unless ``--ExecutePreprocessor.store_widget_state=False``) are
+    dropped by the site anyway, and made 04 weigh 5 MB."""
+    stored = [p.name for p in course.notebook_paths(REPO) if "widgets" in course.read(p).metadata]
+    assert stored == [], (
+        f"strip metadata.widgets from {stored} (load, pop it, dump with indent=1): "
+        "--ExecutePreprocessor.store_widget_state=False avoids it except where an ipywidgets Output captures a figure "
+        "(05's HistoryInspector), where nbclient then fails"
+    )
+
+
 def test_local_links_point_at_built_pages():
     fix = site._local_links
     page = '<a href="../notebooks/02_loss_scaling.ipynb#top">x</a><a href="syllabus.md">s</a>'
