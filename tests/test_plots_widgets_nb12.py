@@ -106,7 +106,9 @@ def test_format_explorer_updates_on_typing():
 
 def test_loss_scaling_panel_click_trains_and_redraws():
     pytest.importorskip("torch")
-    panel = widgets.LossScalingPanel(mpc.data.load("underflow"), steps=12, device="cpu", backends=["torch"])
+    panel = widgets.LossScalingPanel(
+        mpc.data.load("underflow"), steps=12, device="cpu", backends=["torch"], initial_run=False
+    )
     assert [len(t.x) for t in panel.figure.data] == [0, 0, 0]
     panel.init_scale.value = 2.0**40
     panel.growth_interval.value = 3

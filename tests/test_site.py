@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from mpcourse.authoring import notebooks as course
@@ -67,6 +69,14 @@ def test_build_offline_every_notebook_page_has_plotly_figures(
         )
         assert stored >= 1, f"{path.name} stores no plotly figure output"
         assert page.count('class="plotly-graph-div"') == stored, path.name
+        widget_outputs = [o.get("data", {}) for c in course.read(path).cells for o in c.get("outputs", [])]
+        widget_outputs = [d for d in widget_outputs if site.WIDGET_MIME in d]
+        with_figure = sum(site.PLOTLY_MIME in d for d in widget_outputs)
+        assert page.count('class="mpc-widget-caption"') == with_figure, path.name
+        assert page.count('class="mpc-widget-note"') == len(widget_outputs) - with_figure, path.name
+        if root == REPO:  # every course widget with a figure stored it when its notebook ran
+            without = {"".join(d["text/plain"]).split("(")[0] for d in widget_outputs if site.PLOTLY_MIME not in d}
+            assert without <= {"FormatExplorer"}, (path.name, without)
         assert f"students/{path.name}" in page
         assert (out / "students" / path.name).is_file()
     for html_file in out.rglob("*.html"):
@@ -119,8 +129,8 @@ def test_offline_notebook_replaces_plotly_and_widget_outputs():
     assert "widgets" in nb.metadata or any(
         site.WIDGET_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])
     )
-    offline, figures, widgets = site.offline_notebook(nb)
-    assert (figures, widgets) == (2, 1)
+    offline, figures, widget_figures, widgets = site.offline_notebook(nb)
+    assert (figures, widget_figures, widgets) == (2, 0, 1)  # the fixture's widget stores no figure
     assert "widgets" not in offline.metadata
     outputs = [o for c in offline.cells for o in c.get("outputs", [])]
     assert not any(site.PLOTLY_MIME in o.get("data", {}) for o in outputs)
@@ -132,6 +142,48 @@ def test_offline_notebook_replaces_plotly_and_widget_outputs():
     # the figure's data survives the conversion: the bar chart of 2**k
     assert "Powers of two" in divs[1] and json.dumps([1, 2, 4, 8, 16]).replace(" ", "") in divs[1].replace(" ", "")
     assert nb.cells[3].outputs != offline.cells[3].outputs  # the input was not modified
+
+
+def test_offline_notebook_shows_a_widgets_default_run_and_keeps_the_note_without_a_figure():
+    """Real widget outputs (their display bundles, as a notebook stores them) through the site build."""
+    import numpy as np
+
+    from mpcourse import widgets
+
+    steps = [np.linspace(-1, 1, 64, dtype=np.float32) * (1 + 30 * (i == 3)) for i in range(6)]
+    fp8 = widgets.Fp8TraceExplorer(steps)
+    table = widgets.FormatExplorer("0.1")  # a table, no figure: it keeps the note
+    nb = nbformat.v4.new_notebook()
+    for w in (fp8, table):
+        cell = nbformat.v4.new_code_cell("w")
+        cell.outputs = [nbformat.v4.new_output("execute_result", data=w._repr_mimebundle_(), execution_count=1)]
+        nb.cells.append(cell)
+    offline, figures, widget_figures, widgets_left = site.offline_notebook(nb)
+    assert (figures, widget_figures, widgets_left) == (1, 1, 1)
+    shown = [o["data"]["text/html"] for c in offline.cells for o in c.outputs]
+    assert not any(
+        site.WIDGET_MIME in o["data"] or site.PLOTLY_MIME in o["data"] for c in offline.cells for o in c.outputs
+    )
+    figure, note = shown
+    assert figure.count('class="plotly-graph-div"') == 1 and "Plotly.newPlot" in figure
+    assert fp8.figure.layout.title.text in figure  # the widget's own figure, its title included
+    caption = site.WIDGET_CAPTION.format(what=html.escape(repr(fp8)))
+    assert figure.endswith(caption) and "default run" in caption and "Run the notebook" in caption
+    assert note == site.WIDGET_NOTE
+    assert "1 of them widgets' default runs" in str(site.BuildReport(out=Path("s"), figures=3, widget_figures=1))
+
+
+@pytest.mark.skipif(not (REPO / "notebooks").is_dir(), reason="no course notebooks in this checkout")
+def test_saved_notebooks_keep_no_widget_state():
+    """The widgets' figures travel in their outputs; their saved models (which nbconvert --execute
+    writes to ``metadata.widgets`` unless ``--ExecutePreprocessor.store_widget_state=False``) are
+    dropped by the site anyway, and made 04 weigh 5 MB."""
+    stored = [p.name for p in course.notebook_paths(REPO) if "widgets" in course.read(p).metadata]
+    assert stored == [], (
+        f"strip metadata.widgets from {stored} (load, pop it, dump with indent=1): "
+        "--ExecutePreprocessor.store_widget_state=False avoids it except where an ipywidgets Output captures a figure "
+        "(05's HistoryInspector), where nbclient then fails"
+    )
 
 
 def test_local_links_point_at_built_pages():

@@ -18,7 +18,10 @@ Nothing is fetched while building and nothing is loaded from a CDN while viewing
   from the installed plotly package;
 - math uses MathJax 2 copied from the ``jupyter-server-mathjax`` package when it is installed
   (otherwise formulas stay as TeX source);
-- widgets cannot run without a kernel: their outputs become a note that says so;
+- widgets cannot run without a kernel. A course widget stores, in the same output as its live
+  view, the plotly figure it drew on the settings its cell gave it (see
+  :mod:`mpcourse.widgets.display`); the page shows that figure, rendered like every other one,
+  under :data:`WIDGET_CAPTION`. A widget without a figure becomes :data:`WIDGET_NOTE`;
 - course pages (``course/*.md``) are converted with mistune, nbconvert's markdown library;
 - each notebook also gets a student version (solutions replaced by placeholders) to download.
 """
@@ -46,6 +49,7 @@ __all__ = [
     "PLOTLY_MIME",
     "WIDGET_MIME",
     "WIDGET_NOTE",
+    "WIDGET_CAPTION",
     "BuildReport",
     "offline_notebook",
     "notebook_html",
@@ -61,6 +65,13 @@ WIDGET_NOTE = (
     '<div class="mpc-widget-note"><strong>Interactive widget.</strong> Widgets need a running '
     "kernel, so this static page cannot show it. Run the notebook to use it: "
     "<code>mpcourse lab</code> locally, or the Binder link on the home page.</div>"
+)
+# {what}: the widget's text repr (its class and settings), escaped.
+WIDGET_CAPTION = (
+    '<div class="mpc-widget-caption"><strong>Interactive widget, shown as its default run.</strong> '
+    "The figure above is what <code>{what}</code> drew on the settings in this cell when the notebook "
+    "was executed. Run the notebook to change them and redraw it: <code>mpcourse lab</code> locally, "
+    "or the Binder link on the home page.</div>"
 )
 PAGES = (
     ("syllabus", "Syllabus"),
@@ -114,6 +125,8 @@ _CSS = """
 .mpc-page pre { padding: 0.6em; overflow-x: auto; }
 .mpc-widget-note { border-left: 4px solid #d9822b; background: #fff6ec; padding: 0.6em 1em;
   font-family: system-ui, sans-serif; }
+.mpc-widget-caption { border-left: 4px solid #2b7bd9; background: #eef5fd; padding: 0.4em 1em;
+  font-family: system-ui, sans-serif; font-size: 14px; }
 .mpc-solution { border: 1px dashed #8a9; margin: 0.5em 0; padding: 0.3em 0.6em; }
 .mpc-solution summary { cursor: pointer; color: #275; font-family: system-ui, sans-serif; }
 .mpc-downloads { font-family: system-ui, sans-serif; font-size: 14px; margin: 0.8em 1em; }
@@ -131,51 +144,67 @@ _PAGE = """<!DOCTYPE html>
 
 @dataclass
 class BuildReport:
-    """What :func:`build` wrote: pages (relative paths), plotly figures, widget notes, time."""
+    """What :func:`build` wrote: pages (relative paths), figures, widgets, time.
+
+    ``figures`` counts every plotly figure drawn on the pages, ``widget_figures`` of them the
+    widgets' default runs; ``widgets`` counts the widgets without a figure, shown as a note.
+    """
 
     out: Path
     pages: list[str] = field(default_factory=list)
     figures: int = 0
+    widget_figures: int = 0
     widgets: int = 0
     seconds: float = 0.0
 
     def __str__(self) -> str:
         return (
-            f"site: {len(self.pages)} pages, {self.figures} plotly figures, "
+            f"site: {len(self.pages)} pages, {self.figures} plotly figures "
+            f"({self.widget_figures} of them widgets' default runs), "
             f"{self.widgets} widget notes in {self.seconds:.1f} s -> "
             f"{self.out / 'index.html'}"
         )
 
 
-def offline_notebook(nb: Any) -> tuple[nbformat.NotebookNode, int, int]:
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def offline_notebook(nb: Any) -> tuple[nbformat.NotebookNode, int, int, int]:
     """A copy of ``nb`` whose outputs need no network and no kernel.
 
     Plotly outputs become HTML divs that use a page-level ``Plotly`` (from
-    ``assets/plotly.min.js``); widget outputs become :data:`WIDGET_NOTE`; the saved widget
-    state is dropped.
+    ``assets/plotly.min.js``). A widget output that also carries a plotly figure (its default
+    run) becomes that figure followed by :data:`WIDGET_CAPTION`; one without a figure becomes
+    :data:`WIDGET_NOTE`. The saved widget state is dropped.
 
     Returns:
-        The notebook, the number of plotly figures and the number of widget notes.
+        The notebook, the number of plotly figures (widgets' included), the number of them that
+        are widgets' default runs, and the number of widget notes.
     """
     import plotly.io as pio  # noqa: PLC0415 (plotly is heavy; only the build needs it)
 
     nb = nbformat.from_dict(copy.deepcopy(dict(nb)))
     nb.metadata.pop("widgets", None)
-    figures = widgets = 0
+    figures = widget_figures = widgets = 0
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             data = out.get("data")
             if not data:
                 continue
             if PLOTLY_MIME in data:
-                div = pio.to_html(
+                page = pio.to_html(
                     data[PLOTLY_MIME],
                     include_plotlyjs=False,
                     full_html=False,
                     validate=False,
                     config={"responsive": True},
                 )
-                out["data"] = {"text/html": div}
+                if WIDGET_MIME in data:
+                    what = html.escape(_text(data.get("text/plain", "this widget")))
+                    page += WIDGET_CAPTION.format(what=what)
+                    widget_figures += 1
+                out["data"] = {"text/html": page}
                 out["metadata"] = {}
                 figures += 1
             elif WIDGET_MIME in data:
@@ -186,7 +215,7 @@ def offline_notebook(nb: Any) -> tuple[nbformat.NotebookNode, int, int]:
                 page = data["text/html"]
                 page = "".join(page) if isinstance(page, list) else page
                 data["text/html"] = _CDN_PLOTLY.sub("", page)
-    return nb, figures, widgets
+    return nb, figures, widget_figures, widgets
 
 
 def _local_links(text: str, *, from_notebooks: bool) -> str:
@@ -299,7 +328,7 @@ def build(out: str | os.PathLike[str] = "_site", root: str | os.PathLike[str] | 
     nav_nb = _nav("../", notebooks)
     for path in notebooks:
         nb = course.read(path)
-        offline, figures, widgets = offline_notebook(nb)
+        offline, figures, widget_figures, widgets = offline_notebook(nb)
         downloads = (
             f'<div class="mpc-downloads">Download: <a href="../students/{path.name}">'
             f"student version (no solutions)</a></div>"
@@ -310,6 +339,7 @@ def build(out: str | os.PathLike[str] = "_site", root: str | os.PathLike[str] | 
         nbformat.write(course.make_student(nb), os.fspath(out_dir / "students" / path.name))
         report.pages.append(rel)
         report.figures += figures
+        report.widget_figures += widget_figures
         report.widgets += widgets
 
     nav = _nav("", notebooks)

@@ -18,7 +18,9 @@ Usage (in a notebook; each object displays itself as its widget)::
     widgets.Fp8TraceExplorer(steps)        # fp8 recipe, history and margin; amax/scale traces redraw
 
 Every object keeps its widgets as attributes, so tests set values from Python. One module per
-widget family: ``inspector``, ``clipping``, ``panels``, ``fp8``.
+widget family: ``inspector``, ``clipping``, ``panels``, ``fp8``. Each displays as its live widget
+plus a static copy of its figure (``display``): a page without a kernel (the course site) shows
+that figure of the cell's run where the widget would be.
 """
 
 from mpcourse.widgets.clipping import ClipExplorer

@@ -19,11 +19,12 @@ import plotly.graph_objects as go
 from mpcourse import plots
 from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
+from mpcourse.widgets.display import Displayable
 
 __all__ = ["ClipExplorer"]
 
 
-class ClipExplorer:
+class ClipExplorer(Displayable):
     """Pick a clipping strategy and its threshold; the run retrains and the figure follows.
 
     Usage::
@@ -150,12 +151,6 @@ class ClipExplorer:
             f"{self.policy()!r}: final loss {loss_txt} nats (no clipping: {base:.3f}), "
             f"clipped {final['clipped']:.0%} of steps, test accuracy {final['accuracy']:.1%}"
         )
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
-        bundle["text/plain"] = repr(self)
-        return bundle
 
     def __repr__(self) -> str:
         return f"ClipExplorer(model={self.model!r}, strategy={self.strategy.value!r}, steps={self.steps})"

@@ -18,12 +18,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from mpcourse import plots
-from mpcourse.widgets.panels import _Displayable
+from mpcourse.widgets.display import Displayable
 
 __all__ = ["Fp8TraceExplorer"]
 
 
-class Fp8TraceExplorer(_Displayable):
+class Fp8TraceExplorer(Displayable):
     """Set the recipe, its history length and margin; the amax/scale traces are redrawn.
 
     Usage::

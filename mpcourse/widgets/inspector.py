@@ -20,11 +20,12 @@ import plotly.graph_objects as go
 
 from mpcourse import plots
 from mpcourse.history import History
+from mpcourse.widgets.display import Displayable
 
 __all__ = ["HistoryInspector"]
 
 
-class HistoryInspector:
+class HistoryInspector(Displayable):
     """Pick a run, slide through its steps: the figure, the step's record and the findings.
 
     Args:
@@ -117,9 +118,3 @@ class HistoryInspector:
             + ", ".join(f"{n}: {len(h)} steps, {len(self.diagnoses[n])} finding(s)" for n, h in self.histories.items())
             + ")"
         )
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
-        bundle["text/plain"] = repr(self)
-        return bundle

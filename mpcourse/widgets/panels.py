@@ -22,23 +22,12 @@ from mpcourse.config import PRECISIONS, TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.engines import BACKENDS, missing_reason
 from mpcourse.studies import runs
+from mpcourse.widgets.display import Displayable
 
 __all__ = ["FormatExplorer", "LossScalingPanel"]
 
 
-class _Displayable:
-    """Shows ``self.widget`` in Jupyter, with a short, stable text repr for plain outputs."""
-
-    widget: W.Widget
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
-        bundle["text/plain"] = repr(self)
-        return bundle
-
-
-class FormatExplorer(_Displayable):
+class FormatExplorer(Displayable):
     """Type a number; see its bits, stored value and rounding error in every format.
 
     Usage::
@@ -87,13 +76,13 @@ class FormatExplorer(_Displayable):
         return f"FormatExplorer(value={self.text.value!r}, formats={self.fmts})"
 
 
-class LossScalingPanel(_Displayable):
+class LossScalingPanel(Displayable):
     """Sliders for every loss-scaling setting, a Train button and a live loss/scale figure.
 
     Usage::
 
         panel = LossScalingPanel(mpc.data.load("underflow"), steps=60)
-        panel                          # in a notebook: the controls and the figure
+        panel                          # in a notebook: the controls and the default run's figure
         panel.hysteresis.value = 3     # or drive it from Python
         run = panel.train()            # a short training; panel.figure now shows it
 
@@ -104,6 +93,9 @@ class LossScalingPanel(_Displayable):
         device: ``"auto"`` or an explicit device. Default ``"auto"``.
         backends: backends offered (default: those whose engine runs here).
         backend: the one selected first (default: the first offered).
+        initial_run: train once on the default settings, so the panel opens on a run (and a
+            static page shows that run's figure). Default True; False leaves the figure empty
+            until the first Train.
     """
 
     def __init__(
@@ -115,6 +107,7 @@ class LossScalingPanel(_Displayable):
         device: str = "auto",
         backends: Sequence[str] | None = None,
         backend: str | None = None,
+        initial_run: bool = True,
     ) -> None:
         if not isinstance(task, Dataset):
             raise TypeError(f"task must be an mpcourse Dataset, got {type(task).__name__}")
@@ -162,6 +155,8 @@ class LossScalingPanel(_Displayable):
             ]
         )
         self.widget = W.VBox([controls, self.figure])
+        if initial_run:
+            self.train()
 
     def config(self) -> TrainConfig:
         """The TrainConfig the controls describe (a static run uses ``init scale`` as its scale)."""
