@@ -143,3 +143,14 @@ def test_log2_ticks_label_powers_of_two():
     assert t["tickvals"] == [2.0**k for k in range(10, 14)] and t["ticktext"] == ["2^10", "2^11", "2^12", "2^13"]
     assert len(plots.log2_ticks([1.0, 2.0**40])["tickvals"]) <= 8
     assert plots.log2_ticks([]) == {}
+
+
+def test_time_bars_draws_totals_in_seconds_and_per_step_times_in_ms() -> None:
+    from mpcourse import plots
+
+    total = plots.time_bars({"fp32": 2.0, "fp16": 4.0})
+    assert list(total.data[0].y) == [2.0, 4.0] and total.layout.yaxis.title.text == "training time (s)"
+    assert total.data[0].text[1] == "4.00 s (0.50x vs fp32)"
+    step = plots.time_bars({"fp32": 0.002, "fp16": 0.008}, title="per step", per_step=True)
+    assert list(step.data[0].y) == [2.0, 8.0] and step.layout.yaxis.title.text == "time per step (ms)"
+    assert step.data[0].text[1] == "8.00 ms (0.25x vs fp32)" and step.layout.title.text == "per step"

@@ -71,14 +71,21 @@ def scale_trajectory(history: History | Mapping[str, History], title: str = "Los
     return fig
 
 
-def time_bars(seconds: Mapping[str, float], title: str = "Training time by precision (measured here)") -> go.Figure:
-    """Bars of measured seconds per run, each labelled with its ratio to the first run."""
+def time_bars(
+    seconds: Mapping[str, float], title: str = "Training time by precision (measured here)", *, per_step: bool = False
+) -> go.Figure:
+    """Bars of measured seconds per run, each labelled with its ratio to the first run.
+
+    ``per_step=True``: the values are seconds per step, drawn in milliseconds.
+    """
     names = list(seconds)
-    vals = [float(seconds[n]) for n in names]
+    scale, unit = (1000.0, "ms") if per_step else (1.0, "s")
+    vals = [float(seconds[n]) * scale for n in names]
     base = vals[0] if vals else float("nan")
-    text = [f"{v:.2f} s ({base / v:.2f}x vs {names[0]})" if v > 0 else "n/a" for v in vals]
+    text = [f"{v:.2f} {unit} ({base / v:.2f}x vs {names[0]})" if v > 0 else "n/a" for v in vals]
     fig = go.Figure(go.Bar(x=names, y=vals, text=text, textposition="auto"))
-    fig.update_layout(title=title, xaxis_title="run", yaxis_title="training time (s)", template="plotly_white")
+    axis = f"time per step ({unit})" if per_step else "training time (s)"
+    fig.update_layout(title=title, xaxis_title="run", yaxis_title=axis, template="plotly_white")
     return fig
 
 
