@@ -52,6 +52,7 @@ __all__ = [
     "recommend",
     "explain",
     "spread_table",
+    "seed_marks",
     "format_table",
     "STRATEGY_ORDER",
 ]
@@ -211,7 +212,7 @@ def recommend(
         simplest strategy, ``baseline``, when there is no clear winner), ``leader``, ``clear``,
         ``no_clip_loss``, ``best_loss``, ``gain`` (relative loss reduction of ``best`` over no
         clipping) and, for every strategy, ``loss_<s>`` (mean over seeds), ``std_<s>``,
-        ``lo_<s>`` / ``hi_<s>`` (min / max over seeds), ``per_seed_<s>`` and ``acc_<s>`` (mean
+        ``tol``, ``lo_<s>`` / ``hi_<s>`` (min / max over seeds), ``per_seed_<s>`` and ``acc_<s>`` (mean
         test accuracy).
     """
     policies = strategies() if policies is None else policies
@@ -238,6 +239,7 @@ def recommend(
             "leader": leader,
             "baseline": baseline,
             "clear": clear,
+            "tol": tol,
             "no_clip_loss": base,
             "best_loss": best_loss,
             "gain": (base - best_loss) / base if math.isfinite(base) and base > 0 else math.nan,
@@ -301,7 +303,8 @@ def explain(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def spread_table(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> list[dict[str, str]]:
-    """:func:`recommend` rows as text, one column per strategy: ``mean [min, max]`` over seeds.
+    """:func:`recommend` rows as text, one column per strategy: ``mean [min, max]`` over seeds,
+    plus ``each seed``: what each seed alone would have marked (:func:`seed_marks`).
 
     Usage::
 
@@ -311,8 +314,22 @@ def spread_table(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -
     for r in rows:
         verdict = r["best"] if r.get("clear", True) else "no clear winner"
         cells = {s: f"{r[f'loss_{s}']:.3f} [{r[f'lo_{s}']:.3f}, {r[f'hi_{s}']:.3f}]" for s in strategies}
-        out.append({"model": str(r["model"]), "recommended": verdict, **cells})
+        each = {"each seed": ", ".join(seed_marks(r, strategies))} if f"per_seed_{strategies[0]}" in r else {}
+        out.append({"model": str(r["model"]), "recommended": verdict, **each, **cells})
     return out
+
+
+def seed_marks(row: Mapping[str, Any], strategies: Sequence[str]) -> tuple[str, ...]:
+    """What each seed of a :func:`recommend` row would have marked on its own (one-seed rule).
+
+    Usage::
+
+        seed_marks(table[0], list(policies))    # e.g. ('agc', 'agc', 'norm'): it depends on the seed
+    """
+    n = len(row["seeds"])
+    tol = float(row.get("tol", 0.02))
+    one = [{k: Spread((row[f"per_seed_{k}"][i],)) for k in strategies} for i in range(n)]
+    return tuple(decide(spreads, tol, STRATEGY_ORDER).best for spreads in one)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
