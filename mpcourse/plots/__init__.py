@@ -14,7 +14,13 @@ Modules: ``style`` (shared axes, smoothing, renderer), ``training``, ``formats``
 """
 
 from mpcourse.plots.bench import memory_breakdown_bars, peak_memory_bars, speedup_lines, throughput_bars
-from mpcourse.plots.clipping import clip_comparison, clip_order_bars, grad_norm_history, recommendation_heatmap
+from mpcourse.plots.clipping import (
+    clip_comparison,
+    clip_order_bars,
+    grad_norm_history,
+    recommendation_heatmap,
+    recommendation_spread,
+)
 from mpcourse.plots.debug import history_panels
 from mpcourse.plots.formats import (
     bit_layout,
@@ -74,6 +80,7 @@ __all__ = [
     "precision_timeline",
     "quantization_error_bars",
     "recommendation_heatmap",
+    "recommendation_spread",
     "running_sums",
     "scale_trajectory",
     "setup_notebook",

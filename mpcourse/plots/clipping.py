@@ -7,6 +7,7 @@ Usage::
     plots.clip_comparison(histories)
     plots.grad_norm_history(hist, threshold=1.0)
     plots.clip_order_bars(effect)          # from mpcourse.studies.wrong_order.clip_order_effect
+    plots.recommendation_spread(table, ["none", "norm"])   # from clip_study.recommend(..., seeds=...)
 
 Data in, ``plotly.graph_objects.Figure`` out; every figure has a title and axis labels with units.
 """
@@ -21,7 +22,7 @@ import plotly.graph_objects as go
 from mpcourse.history import History
 from mpcourse.plots.style import GRAD_NORM_AXIS, STEP_AXIS, smooth
 
-__all__ = ["clip_comparison", "grad_norm_history", "clip_order_bars", "recommendation_heatmap"]
+__all__ = ["clip_comparison", "grad_norm_history", "clip_order_bars", "recommendation_heatmap", "recommendation_spread"]
 
 
 def clip_comparison(
@@ -151,16 +152,38 @@ def clip_order_bars(effect: Mapping[str, float], title: str | None = None) -> go
     return fig
 
 
+def _n_seeds(rows: Sequence[Mapping[str, object]]) -> int:
+    return max((len(r.get("seeds", ()) or ()) for r in rows), default=1)  # type: ignore[arg-type]
+
+
 def recommendation_heatmap(
     rows: Sequence[Mapping[str, object]],
     strategies: Sequence[str],
-    title: str = "Final training loss by model and clipping strategy (measured)",
+    title: str | None = None,
 ) -> go.Figure:
     """Heatmap of ``loss_<strategy>`` per model row (from :func:`mpcourse.studies.clip_study.recommend`),
-    each cell labelled with its value and the recommended strategy starred."""
-    models = [str(r["model"]) for r in rows]
+    each cell labelled with its value and the recommended strategy starred.
+
+    Rows from ``recommend(..., seeds=...)`` add each cell's seed range ``[lo, hi]`` to its label
+    and its std and per-seed values to the hover; a row without a clear winner gets no star and
+    says so in its label. Default title: what the cells are, in nats, and over how many seeds.
+    """
+    n = _n_seeds(rows)
+    ranged = n > 1 and all(f"lo_{s}" in r for r in rows for s in strategies)
+    models = [f"{r['model']}{' (no clear winner)' if r.get('clear') is False else ''}" for r in rows]
     z = [[float(r[f"loss_{s}"]) for s in strategies] for r in rows]  # type: ignore[arg-type]
-    text = [[f"{v:.3f}{' *' if r['best'] == s else ''}" for v, s in zip(zrow, strategies)] for zrow, r in zip(z, rows)]
+
+    def label(r: Mapping[str, object], s: str, v: float) -> str:
+        star = " *" if r["best"] == s and r.get("clear", True) else ""
+        return f"{v:.3f}{star}" + (f"<br>[{r[f'lo_{s}']:.3f}, {r[f'hi_{s}']:.3f}]" if ranged else "")
+
+    def hover(r: Mapping[str, object], s: str) -> str:
+        if f"per_seed_{s}" not in r:
+            return ""
+        seeds = ", ".join(f"{v:.3f}" for v in r[f"per_seed_{s}"])  # type: ignore[attr-defined]
+        return f"std {float(r[f'std_{s}']):.3f} nats<br>per seed: {seeds}"  # type: ignore[arg-type]
+
+    text = [[label(r, s, v) for v, s in zip(zrow, strategies)] for zrow, r in zip(z, rows)]
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -168,12 +191,59 @@ def recommendation_heatmap(
             y=models,
             text=text,
             texttemplate="%{text}",
+            customdata=[[hover(r, s) for s in strategies] for r in rows],
+            hovertemplate="%{y}, %{x}<br>final loss %{z:.3f} nats<br>%{customdata}<extra></extra>",
             colorscale="Viridis",
             reversescale=True,
             colorbar=dict(title="loss (nats)"),
         )
     )
     fig.update_layout(
-        title=title, xaxis_title="clipping strategy (* = recommended)", yaxis_title="model", template="plotly_white"
+        title=title
+        or "Final training loss (nats) by model and clipping strategy: "
+        + (f"mean over {n} seeds, [min, max] below" if ranged else "one seed"),
+        xaxis_title="clipping strategy (* = recommended)",
+        yaxis_title="model",
+        template="plotly_white",
+    )
+    return fig
+
+
+def recommendation_spread(
+    rows: Sequence[Mapping[str, object]], strategies: Sequence[str], title: str | None = None
+) -> go.Figure:
+    """One panel per model: each strategy's mean final loss with a bar from its lowest to its
+    highest seed, and every seed as a dot -- overlapping bars are the "no clear winner" case.
+
+    Usage::
+
+        plots.recommendation_spread(clip_study.recommend(ds, configs, seeds=(0, 1, 2)), list(policies))
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(rows), subplot_titles=[str(r["model"]) for r in rows], shared_yaxes=False)
+    for c, r in enumerate(rows, start=1):
+        mean = [float(r[f"loss_{s}"]) for s in strategies]  # type: ignore[arg-type]
+        lo = [float(r[f"lo_{s}"]) for s in strategies]  # type: ignore[arg-type]
+        hi = [float(r[f"hi_{s}"]) for s in strategies]  # type: ignore[arg-type]
+        err = dict(type="data", symmetric=False, array=np.subtract(hi, mean), arrayminus=np.subtract(mean, lo))
+        fig.add_trace(
+            go.Scatter(x=list(strategies), y=mean, error_y=err, mode="markers", name="mean, [min, max]",
+                       marker=dict(color="black", size=8), showlegend=c == 1, legendgroup="mean"),
+            row=1, col=c,
+        )  # fmt: skip
+        xs = [s for s in strategies for _ in r[f"per_seed_{s}"]]  # type: ignore[attr-defined]
+        ys = [v for s in strategies for v in r[f"per_seed_{s}"]]  # type: ignore[attr-defined]
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="markers", name="one seed", marker=dict(color="steelblue", size=5, opacity=0.6),
+                       showlegend=c == 1, legendgroup="seed"),
+            row=1, col=c,
+        )  # fmt: skip
+        fig.update_xaxes(title_text="strategy", tickangle=-60, row=1, col=c)
+    fig.update_yaxes(title_text="final training loss (nats)", row=1, col=1)
+    fig.update_layout(
+        title=title or f"Final training loss by strategy over {_n_seeds(rows)} seeds: mean, [min, max] and each seed",
+        template="plotly_white",
+        height=420,
     )
     return fig

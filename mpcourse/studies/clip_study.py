@@ -11,10 +11,15 @@ Usage::
     rows = clip_study.summarize(runs)                  # one dict per strategy, all measured
     table = clip_study.recommend(ds, {"mlp": cfg, "cnn": cfg}, steps=40)
     print(clip_study.format_table(table))
+    table = clip_study.recommend(ds, {"mlp": cfg}, steps=24, seeds=(0, 1, 2))   # with the spread
+    print(clip_study.explain(table), clip_study.format_table(clip_study.spread_table(table, ["none", "norm"])))
 
 Nothing here is asserted in advance: a recommendation is the strategy with the lowest final
 training loss in these runs (ties within ``tol`` go to the simpler strategy), and the table
-says how large the differences were. Framework-neutral: it trains through :func:`mpcourse.studies.runs.train`.
+says how large the differences were. With ``seeds=`` every strategy is trained once per seed
+and recommended only when its seed range clears the simplest strategy's
+(:func:`mpcourse.studies.seeds.decide`); otherwise there is no clear winner.
+Framework-neutral: it trains through :func:`mpcourse.studies.runs.train`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from mpcourse.config import TrainConfig
 from mpcourse.data import Dataset
 from mpcourse.history import History
 from mpcourse.studies import runs
+from mpcourse.studies.seeds import Spread, check_seeds, decide
 
 __all__ = [
     "ClipRun",
@@ -40,8 +46,13 @@ __all__ = [
     "thresholds",
     "loss_spikes",
     "summarize",
+    "Spread",
+    "check_seeds",
+    "decide",
     "recommend",
     "explain",
+    "spread_table",
+    "seed_marks",
     "format_table",
     "STRATEGY_ORDER",
 ]
@@ -172,8 +183,15 @@ def recommend(
     last: int = 10,
     tol: float = 0.02,
     backend: str = "torch",
+    seeds: Sequence[int] | None = None,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """Train every model in ``configs`` with every policy; one row per model with the winner.
+    """Train every model in ``configs`` with every policy, once per seed; one row per model.
+
+    Usage::
+
+        table = recommend(ds, {"mlp": cfg, "cnn": cfg}, steps=24, seeds=(0, 1, 2))
+        print(explain(table))
 
     Args:
         data: the task.
@@ -182,38 +200,64 @@ def recommend(
         steps: steps per run. Default 40.
         last: final loss = mean over this many last steps. Default 10.
         tol: relative margin within which a simpler strategy (earlier in :data:`STRATEGY_ORDER`)
-            counts as a tie and wins. Default 0.02 (2 %).
+            counts as a tie and leads. Default 0.02 (2 %).
         backend: ``"torch"`` or ``"mlx"``.
+        seeds: ``TrainConfig.seed`` values, each a different weight init and data order, the
+            same for every strategy within a seed. Default None: one run with each config's own
+            seed. See :func:`decide` for the rule that turns the spread into a recommendation.
+        device: the device to train on. Default ``"cpu"``.
 
     Returns:
-        Rows with ``model``, ``precision``, ``best``, ``no_clip_loss``, ``best_loss``,
-        ``gain`` (relative loss reduction of ``best`` over no clipping) and
-        ``loss_<strategy>`` / ``acc_<strategy>`` for every strategy.
+        Rows with ``model``, ``precision``, ``seeds``, ``best`` (the recommendation; the
+        simplest strategy, ``baseline``, when there is no clear winner), ``leader``, ``clear``,
+        ``no_clip_loss``, ``best_loss``, ``gain`` (relative loss reduction of ``best`` over no
+        clipping) and, for every strategy, ``loss_<s>`` (mean over seeds), ``std_<s>``,
+        ``tol``, ``lo_<s>`` / ``hi_<s>`` (min / max over seeds), ``per_seed_<s>`` and ``acc_<s>`` (mean
+        test accuracy).
     """
     policies = strategies() if policies is None else policies
-    order = {name: i for i, name in enumerate(STRATEGY_ORDER)}
+    wanted = None if seeds is None else check_seeds(seeds)
     table = []
     for model, cfg in configs.items():
-        runs = compare(data, cfg, policies, model=model, steps=steps, backend=backend)
-        rows = {r["strategy"]: r for r in summarize(runs, last)}
-        finite = {k: r["final_loss"] for k, r in rows.items() if math.isfinite(r["final_loss"])}
-        lowest = min(finite.values()) if finite else math.nan
-        ties = [k for k, v in finite.items() if v <= lowest * (1 + tol)]
-        best = min(ties, key=lambda k: order.get(k, len(order))) if ties else "none"
-        base = rows.get("none", {}).get("final_loss", math.nan)
+        seed_list = (cfg.seed,) if wanted is None else wanted
+        per_seed = [
+            summarize(
+                compare(data, cfg.replace(seed=s), policies, model=model, steps=steps, backend=backend, device=device),
+                last,
+            )
+            for s in seed_list
+        ]
+        spreads = {k: Spread(tuple(rows[i]["final_loss"] for rows in per_seed)) for i, k in enumerate(policies)}
+        best, leader, clear, baseline = decide(spreads, tol, STRATEGY_ORDER)
+        base = spreads["none"].mean if "none" in spreads else math.nan
+        best_loss = spreads[best].mean
         row: dict[str, Any] = {
             "model": model,
             "precision": cfg.precision,
+            "seeds": seed_list,
             "best": best,
+            "leader": leader,
+            "baseline": baseline,
+            "clear": clear,
+            "tol": tol,
             "no_clip_loss": base,
-            "best_loss": rows[best]["final_loss"],
-            "gain": (base - rows[best]["final_loss"]) / base if math.isfinite(base) and base > 0 else math.nan,
+            "best_loss": best_loss,
+            "gain": (base - best_loss) / base if math.isfinite(base) and base > 0 else math.nan,
         }
-        for k, r in rows.items():
-            row[f"loss_{k}"] = r["final_loss"]
-            row[f"acc_{k}"] = r["accuracy"]
+        for i, (k, sp) in enumerate(spreads.items()):
+            row.update({f"loss_{k}": sp.mean, f"std_{k}": sp.std, f"lo_{k}": sp.lo, f"hi_{k}": sp.hi})
+            row[f"per_seed_{k}"] = sp.values
+            row[f"acc_{k}"] = float(np.mean([rows[i]["accuracy"] for rows in per_seed]))
         table.append(row)
     return table
+
+
+def _range(r: Mapping[str, Any], k: str) -> str:
+    return f"{r[f'loss_{k}']:.3f} (seeds {r[f'lo_{k}']:.3f}-{r[f'hi_{k}']:.3f})"
+
+
+def _without(r: Mapping[str, Any]) -> str:
+    return "without clipping" if r["baseline"] == "none" else f"with {r['baseline']}"
 
 
 def explain(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -223,11 +267,29 @@ def explain(rows: Sequence[Mapping[str, Any]]) -> str:
 
         print(explain(recommend(ds, configs)))
         # mlp (fp16): norm -- final loss 0.206 vs 0.257 without clipping (20% lower)
+        print(explain(recommend(ds, configs, seeds=range(3))))
+        # mlp (fp16): no clear winner (within seed spread) -- norm has the lowest mean ...
     """
     lines = []
     for r in rows:
         head = f"{r['model']} ({r['precision']}): {r['best']}"
-        if r["best"] == "none":
+        n = len(r.get("seeds", ()))
+        if n > 1 and r["clear"]:
+            drop = 1 - r[f"loss_{r['best']}"] / r[f"loss_{r['baseline']}"]
+            lines.append(
+                f"{head} -- mean final loss {_range(r, r['best'])} vs {_range(r, r['baseline'])} {_without(r)} "
+                f"({drop:.0%} lower; the ranges over {n} seeds do not overlap)"
+            )
+        elif n > 1:
+            base, lead = r["baseline"], r["leader"]
+            why = (
+                f"{lead} has the lowest mean final loss, {_range(r, lead)}, "
+                f"but its range overlaps {base}'s, {_range(r, base)}"
+                if lead != base
+                else f"no strategy's mean final loss beat {base}'s, {_range(r, base)}, by more than the tie margin"
+            )
+            lines.append(f"{r['model']} ({r['precision']}): no clear winner (within seed spread) -- {why}; {n} seeds")
+        elif r["best"] == "none":
             lines.append(
                 f"{head} -- no strategy beat training without clipping by more than the "
                 f"tie margin (final loss {r['no_clip_loss']:.3f})"
@@ -238,6 +300,36 @@ def explain(rows: Sequence[Mapping[str, Any]]) -> str:
                 f"clipping ({r['gain']:.0%} lower)"
             )
     return "\n".join(lines)
+
+
+def spread_table(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> list[dict[str, str]]:
+    """:func:`recommend` rows as text, one column per strategy: ``mean [min, max]`` over seeds,
+    plus ``each seed``: what each seed alone would have marked (:func:`seed_marks`).
+
+    Usage::
+
+        print(format_table(spread_table(table, list(policies))))
+    """
+    out = []
+    for r in rows:
+        verdict = r["best"] if r.get("clear", True) else "no clear winner"
+        cells = {s: f"{r[f'loss_{s}']:.3f} [{r[f'lo_{s}']:.3f}, {r[f'hi_{s}']:.3f}]" for s in strategies}
+        each = {"each seed": ", ".join(seed_marks(r, strategies))} if f"per_seed_{strategies[0]}" in r else {}
+        out.append({"model": str(r["model"]), "recommended": verdict, **each, **cells})
+    return out
+
+
+def seed_marks(row: Mapping[str, Any], strategies: Sequence[str]) -> tuple[str, ...]:
+    """What each seed of a :func:`recommend` row would have marked on its own (one-seed rule).
+
+    Usage::
+
+        seed_marks(table[0], list(policies))    # e.g. ('agc', 'agc', 'norm'): it depends on the seed
+    """
+    n = len(row["seeds"])
+    tol = float(row.get("tol", 0.02))
+    one = [{k: Spread((row[f"per_seed_{k}"][i],)) for k in strategies} for i in range(n)]
+    return tuple(decide(spreads, tol, STRATEGY_ORDER).best for spreads in one)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
