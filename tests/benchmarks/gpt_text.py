@@ -7,7 +7,9 @@ Usage::
 
 Prints one line per run: backend, precision, steps, wall seconds, ms/step, the loss of the first
 step, the mean loss of the last 20 steps, and the test loss. (ln 96 = 4.56 is the uniform guess.)
-The machine's load average is printed first: on a shared CPU the times move with it.
+The machine's load average is printed first: on a shared CPU the times move with it. The runs
+are recorded in ``course/results/benchmarks/gpt_text-*.json`` (host, versions, date; ``--no-record``
+to skip): what the README quotes comes from there.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import numpy as np
 
 import mpcourse as mpc
+from mpcourse.bench.script_record import write_script_record
 
 
 def main() -> None:
@@ -28,7 +31,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--no-record", action="store_true", help="do not write course/results/benchmarks/")
     args = ap.parse_args()
+    runs = []
     ds = mpc.data.load("text")
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; text: {ds}")
     for backend in args.backends.split(","):
@@ -47,6 +52,23 @@ def main() -> None:
                 f"(last 20), test {test:.3f}, skipped {hist.skipped_steps}",
                 flush=True,
             )
+            runs.append(
+                {
+                    "backend": backend,
+                    "precision": prec,
+                    "steps": args.steps,
+                    "wall_s": wall,
+                    "ms_per_step": 1000 * wall / args.steps,
+                    "first_loss": float(hist.losses[0]),
+                    "last20_loss": tail,
+                    "test_loss": test,
+                    "skipped": hist.skipped_steps,
+                }
+            )
+    if not args.no_record:
+        settings = {k: v for k, v in vars(args).items() if k != "no_record"}
+        frameworks = sorted(set(args.backends.split(",")))
+        print("recorded:", write_script_record("gpt_text", settings=settings, results=runs, frameworks=frameworks))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 fp16, init scale 65536, growth every 2000 finite steps, clamp [1, 262144], the zoo MLP on the
 digits (Adam, lr 1e-3, batch 64). Prints every change of the scale, the first step at the
-clamp, the monitor's alerts, the final loss and accuracy, and the wall time.
+clamp, the monitor's alerts, the final loss and accuracy, and the wall time, and records them in
+``course/results/benchmarks/long_run-*.json`` (host, versions, date; ``--no-record`` to skip).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import mpcourse as mpc  # noqa: E402
+from mpcourse.bench.script_record import write_script_record  # noqa: E402
 from mpcourse.production import long_run  # noqa: E402
 
 
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4500)
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--no-record", action="store_true", help="do not write course/results/benchmarks/")
     args = ap.parse_args(argv)
     run = long_run.run(mpc.data.load("digits"), steps=args.steps, backend=args.backend)
     s = run.summary()
@@ -34,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"skipped steps {s['skipped_steps']}; alerts {s['alerts'] or 'none'}")
     print(f"final loss {s['final_loss']:.4f}, test accuracy {s['accuracy']:.3f}, {s['seconds']:.1f} s of steps")
+    if not args.no_record:
+        settings = {"steps": args.steps, "backend": args.backend, "config": long_run.RUST_REPORT}
+        path = write_script_record("long_run", settings=settings, results=s, frameworks=[args.backend])
+        print("recorded:", path)
     return 0
 
 

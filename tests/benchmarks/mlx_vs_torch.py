@@ -10,7 +10,8 @@ time is its StepRecord ``seconds`` (the device synchronised before the clock is 
 engines take turns -- torch, MLX, MLX compiled, then again -- so that a machine that gets
 busier or quieter during the run affects all of them alike; each reported number is the median
 over repeats of the median step time of a block. The first step of each engine (tracing, and
-for compiled MLX on the CPU the C++ JIT build of its fused kernels) is reported apart.
+for compiled MLX on the CPU the C++ JIT build of its fused kernels) is reported apart. The run
+is recorded in ``course/results/benchmarks/mlx_vs_torch-*.json`` (``--no-record`` to skip).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 import mpcourse as mpc
+from mpcourse.bench.script_record import write_script_record
 from mpcourse.engines import make_engine
 
 
@@ -62,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch.set_num_threads(N); default: torch's own choice (one per core)",
     )
+    p.add_argument("--no-record", action="store_true", help="do not write course/results/benchmarks/")
     a = p.parse_args(argv)
+    rows = []
 
     import mlx.core as mx
     import torch
@@ -109,6 +113,15 @@ def main(argv: list[str] | None = None) -> None:
             row += f"   {med['mlx-compiled'] / med['torch']:14.2f}"
         row += "   " + " ".join(f"{k}={first[k] * 1e3:.0f}" for k in kinds)
         print(row, flush=True)
+        rows.append({"precision": precision, "median_ms": med, "first_step_ms": {k: v * 1e3 for k, v in first.items()}})
+    if not a.no_record:
+        settings = {k: v for k, v in vars(a).items() if k != "no_record"} | {
+            "torch_threads_used": torch.get_num_threads()
+        }
+        print(
+            "recorded:",
+            write_script_record("mlx_vs_torch", settings=settings, results=rows, frameworks=["torch", "mlx"]),
+        )
 
 
 if __name__ == "__main__":
