@@ -111,7 +111,7 @@ def check_label_fit(y: np.ndarray, out_shape: Sequence[int], *, what: str) -> No
         raise ValueError(
             f"{what} has label {top} but the model has {width} outputs (the width of its last "
             f"layer, read from a forward pass), so labels must be in [0, {width}): give the model "
-            f"{top + 1} outputs, or fix the labels"
+            f"at least {top + 1} outputs (one per class of your data), or fix the labels"
         )
 
 
