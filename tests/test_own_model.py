@@ -129,7 +129,9 @@ def test_labels_past_the_real_output_width_are_refused_before_any_update(backend
     eng = make(backend, linear(backend, 64, 5))
     before = params(eng)
     for _ in range(2):
-        with pytest.raises(ValueError, match=r"label 9 but the model has 5 outputs.*\[0, 5\).*give the model at least 10"):
+        with pytest.raises(
+            ValueError, match=r"label 9 but the model has 5 outputs.*\[0, 5\).*give the model at least 10"
+        ):
             eng.fit((X64, np.arange(256) % 10), steps=3)
     with pytest.raises(ValueError, match="label 9 but the model has 5"):
         eng.evaluate((X64, np.arange(256) % 10))
