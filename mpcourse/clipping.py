@@ -12,7 +12,8 @@ Usage::
 Every engine clips the *unscaled* gradients: after the loss scale has been divided out and
 the step has been found finite, before the optimizer step. Clipping a gradient that still
 carries the loss scale ``S`` compares ``S * g`` with ``max_norm``: the threshold is in effect
-divided by ``S`` (65536 by default), so nearly every step is clipped ~65536 times too hard.
+divided by ``S`` (65536 by default), so nearly every step is clipped, to a norm of
+``max_norm / S`` whatever the true norm was.
 Non-finite steps are skipped by the scaler and never clipped (and never enter AutoClip's
 history). ``StepRecord.grad_norm`` is the L2 norm *before* clipping; ``StepRecord.clipped``
 says whether the policy changed the gradients.

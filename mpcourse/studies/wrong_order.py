@@ -5,7 +5,7 @@ Usage::
     from mpcourse.studies.wrong_order import ClipBeforeUnscaleEngine, clip_order_effect
 
     eff = clip_order_effect(eng, ds.x_train[:64], ds.y_train[:64], ClipByNorm(1.0))
-    eff["norm_correct"], eff["norm_wrong"]          # the bug shrinks the update by ~the scale
+    eff["norm_correct"], eff["norm_wrong"]          # the bug leaves norm max_norm / scale, whatever ||g|| was
     bad = ClipBeforeUnscaleEngine(model="deep_mlp", config=cfg, device="cpu")   # torch only
 
 The framework code lives in ``engines/torch/wrong_order.py`` and ``engines/mlx/wrong_order.py``;
