@@ -31,7 +31,16 @@ import numpy as np
 from mpcourse._validate import int_at_least
 from mpcourse.fp8.cast import FP8_MAX, check_fp8
 
-__all__ = ["ROLES", "FMT_CHOICES", "Tile", "Fp8Recipe", "hybrid_formats", "amax_to_scale", "round_down_pow2"]
+__all__ = [
+    "ROLES",
+    "FMT_CHOICES",
+    "Tile",
+    "Fp8Recipe",
+    "AmaxScaling",
+    "hybrid_formats",
+    "amax_to_scale",
+    "round_down_pow2",
+]
 
 ROLES: tuple[str, ...] = ("input", "weight", "grad_output")
 FMT_CHOICES: tuple[str, ...] = ("hybrid", "e4m3", "e5m2")
@@ -162,3 +171,24 @@ class Fp8Recipe(ABC):
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, tuple(sorted(self.settings().items()))))
+
+
+class AmaxScaling(Fp8Recipe):
+    """A stateless recipe whose scales come from this step's amax of each tile (torchao's rule).
+
+    What current, rowwise and block scaling share: a format per role from ``fmt``, optional
+    power-of-two rounding of the scales, and :func:`amax_to_scale`. Subclasses set ``kind``,
+    their defaults and their :meth:`tile`.
+    """
+
+    def __init__(self, fmt: str, power_of_2: bool) -> None:
+        self.formats = hybrid_formats(fmt)
+        if not isinstance(power_of_2, bool):
+            raise TypeError(f"power_of_2 must be a bool, got {power_of_2!r}")
+        self._fmt, self.power_of_2 = fmt, power_of_2
+
+    def settings(self) -> dict[str, Any]:
+        return {"fmt": self._fmt, "power_of_2": self.power_of_2}
+
+    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
+        return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
-from mpcourse.fp8.base import Fp8Recipe, Tile, amax_to_scale, check_block, check_role, hybrid_formats
+from mpcourse.fp8.base import AmaxScaling, Tile, check_block, check_role
 
 __all__ = ["BlockScaling"]
 
 
-class BlockScaling(Fp8Recipe):
+class BlockScaling(AmaxScaling):
     """Fine-grained scales: ``1 x block`` tiles of activations/gradients, ``block x block`` of weights.
 
     Args:
@@ -44,16 +42,10 @@ class BlockScaling(Fp8Recipe):
 
     def __init__(self, block: int = 128, fmt: str = "e4m3", power_of_2: bool = False) -> None:
         self.block = check_block("block", block)
-        self.formats = hybrid_formats(fmt)
-        if not isinstance(power_of_2, bool):
-            raise TypeError(f"power_of_2 must be a bool, got {power_of_2!r}")
-        self._fmt, self.power_of_2 = fmt, power_of_2
+        super().__init__(fmt, power_of_2)
 
     def settings(self) -> dict[str, Any]:
-        return {"block": self.block, "fmt": self._fmt, "power_of_2": self.power_of_2}
+        return {"block": self.block, **super().settings()}
 
     def tile(self, role: str) -> Tile:
         return (self.block, self.block) if check_role(role) == "weight" else (1, self.block)
-
-    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
-        return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)

@@ -21,16 +21,14 @@ read of the tensor before the cast: on a GPU that is a second pass over memory p
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
-
-from mpcourse.fp8.base import Fp8Recipe, amax_to_scale, check_role, hybrid_formats
+from mpcourse.fp8.base import AmaxScaling
 
 __all__ = ["CurrentScaling"]
 
 
-class CurrentScaling(Fp8Recipe):
+class CurrentScaling(AmaxScaling):
     """One scale per tensor from its own amax, every step (no state).
 
     Args:
@@ -42,13 +40,4 @@ class CurrentScaling(Fp8Recipe):
     kind: ClassVar[str] = "current"
 
     def __init__(self, fmt: str = "hybrid", power_of_2: bool = False) -> None:
-        self.formats = hybrid_formats(fmt)
-        if not isinstance(power_of_2, bool):
-            raise TypeError(f"power_of_2 must be a bool, got {power_of_2!r}")
-        self._fmt, self.power_of_2 = fmt, power_of_2
-
-    def settings(self) -> dict[str, Any]:
-        return {"fmt": self._fmt, "power_of_2": self.power_of_2}
-
-    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
-        return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)
+        super().__init__(fmt, power_of_2)

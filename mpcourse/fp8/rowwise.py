@@ -22,16 +22,14 @@ Scaling along the contraction dim means each operand is cast twice, once per GEM
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
-
-from mpcourse.fp8.base import Fp8Recipe, Tile, amax_to_scale, check_role, hybrid_formats
+from mpcourse.fp8.base import AmaxScaling, Tile, check_role
 
 __all__ = ["RowwiseScaling"]
 
 
-class RowwiseScaling(Fp8Recipe):
+class RowwiseScaling(AmaxScaling):
     """One scale per row (along the contraction dim) of every operand of every GEMM.
 
     Args:
@@ -42,17 +40,8 @@ class RowwiseScaling(Fp8Recipe):
     kind: ClassVar[str] = "rowwise"
 
     def __init__(self, fmt: str = "e4m3", power_of_2: bool = True) -> None:
-        self.formats = hybrid_formats(fmt)
-        if not isinstance(power_of_2, bool):
-            raise TypeError(f"power_of_2 must be a bool, got {power_of_2!r}")
-        self._fmt, self.power_of_2 = fmt, power_of_2
-
-    def settings(self) -> dict[str, Any]:
-        return {"fmt": self._fmt, "power_of_2": self.power_of_2}
+        super().__init__(fmt, power_of_2)
 
     def tile(self, role: str) -> Tile:
         check_role(role)
         return (1, None)
-
-    def scale(self, key: str, role: str, amax: np.ndarray, *, record: bool = True) -> np.ndarray:
-        return amax_to_scale(amax, self.fmt(check_role(role)), self.power_of_2)
