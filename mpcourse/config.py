@@ -19,13 +19,24 @@ from typing import Any
 
 from mpcourse.scaler import DynamicLossScaler, LossScaler, NoOpLossScaler, StaticLossScaler
 
-__all__ = ["TrainConfig", "PRECISIONS", "OPTIMIZERS", "LOSS_SCALE_MODES"]
+__all__ = ["TrainConfig", "PRECISIONS", "OPTIMIZERS", "LOSS_SCALE_MODES", "compute_precision"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "fp8")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 LOSS_SCALE_MODES: tuple[str, ...] = ("auto", "dynamic", "none")
 
 LossScale = str | float
+
+
+def compute_precision(precision: str) -> str:
+    """The 16/32-bit precision everything but the fp8 matmuls computes in: bf16 for ``"fp8"``.
+
+    Usage::
+
+        compute_precision("fp8")    # 'bf16': the linears cast their own operands to fp8
+        compute_precision("fp16")   # 'fp16'
+    """
+    return "bf16" if precision == "fp8" else precision
 
 
 def _number(name: str, value: Any) -> float:

@@ -122,3 +122,10 @@ def test_register_makes_load_find_a_dataset_of_your_own() -> None:
             mpc.data.register("other", 3)  # type: ignore[arg-type]
     finally:
         mpc.data._LOADERS.pop("mine_for_test", None)
+
+
+def test_compute_precision_is_bf16_under_fp8_and_the_precision_otherwise() -> None:
+    from mpcourse.config import compute_precision
+
+    assert compute_precision("fp8") == "bf16"
+    assert [compute_precision(p) for p in ("fp32", "fp16", "bf16")] == ["fp32", "fp16", "bf16"]

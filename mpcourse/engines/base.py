@@ -18,6 +18,7 @@ engine and no engine imports the factory.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mpcourse._validate import int_at_least
-from mpcourse.config import TrainConfig
+from mpcourse.config import TrainConfig, compute_precision
 from mpcourse.data import Dataset
 from mpcourse.engines.batches import ArrayData, check_batch_size, check_for_model, checked_loss, read_data
 from mpcourse.engines.progress import make_bar, progress_default
@@ -96,6 +97,19 @@ class Engine(ABC):
         self.batch_in_epoch = 0  # next batch index within the current epoch
         self.output_shape: tuple[int, ...] | None = None  # per sample, read from the first forward pass
         self.loss_checked = False  # loss_fn has returned a scalar on a training step
+
+    def _set_precision(self, config: TrainConfig) -> str:
+        """Set ``pure_half`` and ``check_weights`` from ``config``; return the compute precision.
+
+        Warns (at the code that made the engine) when ``config``'s own optimizer step turns the
+        weights NaN (:func:`nonfinite_update_risk`); such steps are then reported as non-finite.
+        """
+        self.pure_half = not config.master_weights and config.precision != "fp32"
+        risk = nonfinite_update_risk(config)
+        if risk is not None:
+            warnings.warn(risk, UserWarning, stacklevel=4)  # this, the engine's __init__, its caller
+        self.check_weights = risk is not None
+        return compute_precision(config.precision)  # fp8: the rest in bf16
 
     # --- framework hooks -------------------------------------------------------------------
     @abstractmethod

@@ -51,7 +51,6 @@ tracing.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +61,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
+from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.mlx.arrays import all_finite, array_to_numpy, from_numpy, mx_array, to_numpy
 from mpcourse.engines.mlx.devices import device_name, mlx_devices, resolve_device
 from mpcourse.engines.mlx.fp8 import fp8_for_engine
@@ -136,12 +135,7 @@ class MLXEngine(Engine):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
         self.user_loss_fn = loss_fn  # None: the default below
         self.loss_fn: LossFn = loss_fn or default_loss
-        self.dtype = DTYPES["bf16" if config.precision == "fp8" else config.precision]  # fp8: the rest in bf16
-        self.pure_half = not config.master_weights and config.precision != "fp32"
-        risk = nonfinite_update_risk(config)
-        if risk is not None:
-            warnings.warn(risk, UserWarning, stacklevel=3)
-        self.check_weights = risk is not None  # then a step that makes the weights NaN is reported
+        self.dtype = DTYPES[self._set_precision(config)]  # also sets pure_half and check_weights
         self.fp8 = fp8_for_engine(model, config)  # None unless precision="fp8"; before the masters are taken
         master_dtype = self.dtype if self.pure_half else mx.float32
         self._model = model

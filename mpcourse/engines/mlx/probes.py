@@ -29,6 +29,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
+from mpcourse.config import compute_precision
 from mpcourse.engines.base import Engine
 from mpcourse.engines.mlx.engine import DTYPES, default_loss
 from mpcourse.engines.reports import LayerFault, LayerTable, NonFiniteReport
@@ -243,7 +244,7 @@ def find_first_nonfinite(
     loss_fn: Any,
 ) -> NonFiniteReport:
     s = _setup(target, precision, scale, loss_fn)
-    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
+    dtype = DTYPES[compute_precision(s.precision)]  # fp8: its linears cast themselves
     model = s.model
     xt = mx.array(x).astype(dtype)
     yt = mx.array(y.astype(np.int32)) if y is not None else None
@@ -351,7 +352,7 @@ def underflow_fractions(
     target: Any, x: np.ndarray, y: np.ndarray, *, scale: float | None, precision: str | None, loss_fn: Any, fmt: str
 ) -> LayerTable:
     s = _setup(target, precision, scale, loss_fn)
-    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
+    dtype = DTYPES[compute_precision(s.precision)]  # fp8: its linears cast themselves
     model = s.model
     xt, yt = mx.array(x).astype(dtype), mx.array(y.astype(np.int32))
     types = _module_types(model)
@@ -377,7 +378,7 @@ def underflow_fractions(
 
 def activation_ranges(target: Any, x: np.ndarray, *, precision: str, fmt: str) -> LayerTable:
     s = _setup(target, precision, None, None)
-    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
+    dtype = DTYPES[compute_precision(s.precision)]  # fp8: its linears cast themselves
     model = s.model
     rows: dict[str, dict[str, Any]] = {}
     with _restored(model):

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcourse.config import TrainConfig
-from mpcourse.engines.base import DeviceUnavailableError, Engine, nonfinite_update_risk
+from mpcourse.engines.base import DeviceUnavailableError, Engine
 from mpcourse.engines.torch.devices import resolve_device, sync, torch_devices, use_fused
 from mpcourse.engines.torch.fp8 import fp8_for_engine
 from mpcourse.engines.torch.models import build_model
@@ -119,12 +118,7 @@ class TorchEngine(Engine):
         self.loss_fn = loss_fn or default_loss
         if not callable(self.loss_fn):
             raise TypeError(f"loss_fn must be callable(outputs, labels), got {loss_fn!r}")
-        self.dtype = DTYPES["bf16" if config.precision == "fp8" else config.precision]  # fp8: the rest in bf16
-        self.pure_half = not config.master_weights and config.precision != "fp32"
-        risk = nonfinite_update_risk(config)
-        if risk is not None:
-            warnings.warn(risk, UserWarning, stacklevel=3)
-        self.check_weights = risk is not None  # then a step that makes the weights NaN is reported
+        self.dtype = DTYPES[self._set_precision(config)]  # also sets pure_half and check_weights
         self.model = model.to(self.torch_device, dtype=self.dtype if self.pure_half else None)
         self.fp8 = fp8_for_engine(self.model, config)  # None unless precision="fp8"
         self.model.train()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mpcourse.config import compute_precision
 from mpcourse.engines.reports import LayerFault, LayerTable, NonFiniteReport
 from mpcourse.engines.torch.engine import DTYPES, TorchEngine, default_loss
 from mpcourse.numerics import range_stats, underflow_stats
@@ -64,7 +65,7 @@ def _setup(target: Any, precision: str | None, scale: float | None, loss_fn: Any
 
 
 def _ctx(s: _Setup) -> Any:
-    dtype = DTYPES["bf16" if s.precision == "fp8" else s.precision]  # fp8: its linears cast themselves
+    dtype = DTYPES[compute_precision(s.precision)]  # fp8: its linears cast themselves
     return torch.autocast(s.device.type, dtype=dtype, enabled=s.autocast)
 
 
