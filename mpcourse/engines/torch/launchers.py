@@ -35,9 +35,13 @@ def _batches(steps: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]) for i in range(steps)]
 
 
-def _watch(model: torch.nn.Module, seen: list[str]) -> None:
+def _watched_mlp() -> tuple[torch.nn.Module, torch.optim.Optimizer, list[str]]:
+    """The zoo MLP (seed 0), its Adam, and the list its first linear layer's output dtypes go to."""
+    model = build_model("mlp", "small", 64, 10, seed=0)
+    seen: list[str] = []
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     first.register_forward_hook(lambda _m, _i, out: seen.append(str(out.dtype).removeprefix("torch.")))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3), seen
 
 
 def accelerate_run(mixed_precision: str = "fp16", steps: int = 5, batch: int = 64, cpu: bool = True) -> dict[str, Any]:
@@ -50,10 +54,7 @@ def accelerate_run(mixed_precision: str = "fp16", steps: int = 5, batch: int = 6
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-        model = build_model("mlp", "small", 64, 10, seed=0)
-        seen: list[str] = []
-        _watch(model, seen)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model, opt, seen = _watched_mlp()
         model, opt = acc.prepare(model, opt)
         losses = []
         for x, y in _batches(steps, batch):
@@ -84,10 +85,7 @@ def lightning_run(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fabric = L.Fabric(accelerator=accelerator, devices=1, precision=cast(Any, precision))
-        model = build_model("mlp", "small", 64, 10, seed=0)
-        seen: list[str] = []
-        _watch(model, seen)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model, opt, seen = _watched_mlp()
         model, opt = fabric.setup(model, opt)
         losses = []
         for x, y in _batches(steps, batch):
