@@ -117,3 +117,20 @@ def test_predict_memory_figure_has_three_bars_a_title_and_units(digits: mpc.data
     ]
     assert list(fig.data[1].y) == [rep.reference.weight_bytes / 1024, rep.serving.weight_bytes / 1024]
     assert "predict phase" in fig.layout.title.text and fig.layout.yaxis.title.text == "measured memory (KiB)"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_serving_predicts_every_batch_from_one_copy(backend: str, digits: mpc.data.Dataset) -> None:
+    import importlib
+
+    serving = importlib.import_module(f"mpcourse.engines.{backend}.serving")
+    eng = _trained(backend, digits)
+    x = digits.x_test[:300]
+    whole = serving.predict(eng, x, "bf16", batch_size=300)
+    parts = serving.predict(eng, x, "bf16", batch_size=128)  # 128 + 128 + 44
+    assert parts["logits"].shape == whole["logits"].shape == (300, 10)
+    assert np.allclose(parts["logits"], whole["logits"], atol=0.05)  # bf16 rounding may differ by batch
+    assert parts["weight_bytes"] == whole["weight_bytes"]
+    assert 0 < parts["activation_peak_bytes"] < whole["activation_peak_bytes"]  # the largest batch's, 128
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        serving.predict(eng, x, "bf16", batch_size=0)

@@ -92,12 +92,6 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def _run(serving: Any, engine: Engine, x: np.ndarray, precision: str, batch_size: int) -> tuple[np.ndarray, Any]:
-    outs = [serving.predict(engine, x[i : i + batch_size], precision) for i in range(0, len(x), batch_size)]
-    peak = max(o["activation_peak_bytes"] for o in outs)  # the largest batch's
-    return np.concatenate([o["logits"] for o in outs]), {**outs[0], "activation_peak_bytes": peak}
-
-
 def predict_phase(engine: Engine, data: Any, precision: str = "bf16", *, batch_size: int = 256) -> PredictReport:
     """Predict ``data``'s test split from a ``precision`` copy and an fp32 copy of ``engine``'s model.
 
@@ -117,8 +111,9 @@ def predict_phase(engine: Engine, data: Any, precision: str = "bf16", *, batch_s
     if len(x) == 0:
         raise ValueError("data's test split has no samples: the predict phase needs at least one")
     serving = importlib.import_module(f"mpcourse.engines.{engine.backend}.serving")
-    ref_logits, ref = _run(serving, engine, x, "fp32", batch_size)
-    logits, out = _run(serving, engine, x, precision, batch_size)
+    ref = serving.predict(engine, x, "fp32", batch_size)
+    out = serving.predict(engine, x, precision, batch_size)
+    ref_logits, logits = ref["logits"], out["logits"]
     labels = engine.is_labels(y)
 
     def accuracy(z: np.ndarray) -> float | None:

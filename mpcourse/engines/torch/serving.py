@@ -4,7 +4,7 @@ Usage::
 
     from mpcourse.engines.torch import serving
 
-    out = serving.predict(eng, x, "bf16")   # eng trained in fp32; eng.model is left as it was
+    out = serving.predict(eng, x, "bf16", batch_size=256)   # eng trained in fp32; eng.model is left as it was
     out["logits"]                           # numpy fp32, one row per sample
     out["weight_bytes"], out["activation_peak_bytes"], out["train_state_bytes"]
 
@@ -13,10 +13,10 @@ buffers; no gradients, no optimizer): what a predict phase keeps in memory. The 
 measured, not estimated from a recipe:
 
 - ``weight_bytes``: the storages of the copy's parameters and buffers;
-- ``activation_peak_bytes``: the largest total of tensor storages alive at once while the
-  forward pass runs, over every aten op's outputs (a ``TorchDispatchMode`` follows each output
+- ``activation_peak_bytes``: the largest total of tensor storages alive at once while a
+  forward pass runs (the largest batch's), over every aten op's outputs (a ``TorchDispatchMode`` follows each output
   until its last reference dies). Allocator overhead and kernels' internal scratch space are not
-  tensors and are not in it; the input batch is counted apart, in ``input_bytes``;
+  tensors and are not in it; the input batch is counted apart, in ``input_bytes`` (the largest batch's);
 - ``train_state_bytes``: what the training engine holds now: its parameters, their gradients and
   the optimizer's state tensors.
 """
@@ -33,6 +33,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from mpcourse._validate import int_at_least
 from mpcourse.engines.torch.engine import DTYPES, TorchEngine
 
 __all__ = ["predict", "train_state_bytes", "LiveTensorBytes"]
@@ -93,26 +94,32 @@ def _serving_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
 
 
 @torch.inference_mode()
-def predict(engine: TorchEngine, x: np.ndarray, precision: str) -> dict[str, Any]:
-    """Logits of ``x`` from a ``precision`` serving copy of ``engine.model``, and the bytes it took."""
+def predict(engine: TorchEngine, x: np.ndarray, precision: str, batch_size: int = 256) -> dict[str, Any]:
+    """Logits of ``x`` from one ``precision`` serving copy of ``engine.model``, ``batch_size`` samples
+    per forward pass, and the bytes it took (the activation peak is the largest batch's)."""
     if not isinstance(engine, TorchEngine):
         raise TypeError(f"engine must be a TorchEngine, got {type(engine).__name__}")
     if precision not in DTYPES:
         raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    batch_size = int_at_least("batch_size", batch_size, 1)
     dtype = DTYPES[precision]
     model = _serving_copy(engine.model, dtype)
-    xt = torch.from_numpy(np.ascontiguousarray(x)).to(engine.torch_device)
-    if xt.is_floating_point():
-        xt = xt.to(dtype)
     weights = list(itertools.chain(model.parameters(), model.buffers()))
-    probe = LiveTensorBytes({t.untyped_storage().data_ptr() for t in [*weights, xt]})
-    with probe:
-        out = model(xt)
+    logits, peak, input_bytes = [], 0, 0
+    for i in range(0, len(x), batch_size):
+        xt = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(engine.torch_device)
+        if xt.is_floating_point():
+            xt = xt.to(dtype)
+        probe = LiveTensorBytes({t.untyped_storage().data_ptr() for t in [*weights, xt]})
+        with probe:
+            out = model(xt)
+        logits.append(out.float().cpu().numpy())
+        peak, input_bytes = max(peak, probe.peak), max(input_bytes, xt.untyped_storage().nbytes())
     return {
-        "logits": out.float().cpu().numpy(),
+        "logits": np.concatenate(logits),
         "weight_bytes": _storage_bytes(weights),
-        "activation_peak_bytes": probe.peak,
-        "input_bytes": xt.untyped_storage().nbytes(),
+        "activation_peak_bytes": peak,
+        "input_bytes": input_bytes,
         "train_state_bytes": train_state_bytes(engine),
         "memory_method": "tensor storages alive at once, followed op by op (TorchDispatchMode)",
         "device": engine.device,
